@@ -1,0 +1,60 @@
+//! Which processes are profiled, and the counters every group shares.
+//!
+//! Selection happens here, in the kernel: every hot-path program starts with [`service_of`], an
+//! array lookup that the verifier inlines into a bounds check and a load, so a process that is
+//! not selected costs almost nothing.
+
+use agent_ebpf::{Counter, NO_SERVICE};
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray},
+};
+
+/// Service id per tgid, four `u16`s per element: an array element is at least 8 bytes, so
+/// packing keeps the map at 2 bytes per possible pid (64 KiB for the default pid_max of 32768,
+/// 8 MiB for 4194304). Resized at load from `kernel.pid_max`; 1 is a placeholder.
+#[map(name = "PID_SERVICE")]
+pub static PID_SERVICE: Array<[u16; 4]> = Array::with_max_entries(1, 0);
+
+/// Drop and event counters, indexed by [`Counter`]. Per-CPU so the hot path never shares a line.
+#[map(name = "COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+/// The agent's own tgid: never selected, whatever the rules say.
+#[unsafe(no_mangle)]
+static AGENT_TGID: u32 = 0;
+
+#[inline(always)]
+pub fn agent_tgid() -> u32 {
+    // SAFETY: a read of a global the loader fills in; volatile so the compiler keeps the load
+    // instead of folding the zero initialiser.
+    unsafe { core::ptr::read_volatile(&AGENT_TGID) }
+}
+
+#[inline(always)]
+pub fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: the pointer is this CPU's slot of a per-CPU array, valid for the program's run.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// The service id of a tgid, or [`NO_SERVICE`].
+#[inline(always)]
+pub fn service_of(tgid: u32) -> u16 {
+    match PID_SERVICE.get(tgid >> 2) {
+        Some(group) => group[(tgid & 3) as usize],
+        None => NO_SERVICE,
+    }
+}
+
+/// Sets the service of a tgid. A 2-byte store: it cannot clobber the neighbouring pids that share
+/// the element, even when another CPU writes one of them at the same time.
+#[inline(always)]
+pub fn set_service(tgid: u32, service: u16) {
+    match PID_SERVICE.get_ptr_mut(tgid >> 2) {
+        // SAFETY: the pointer is to a live array element; the index is masked to 0..4.
+        Some(group) => unsafe { (*group)[(tgid & 3) as usize] = service },
+        None => count(Counter::DropPidOutOfRange),
+    }
+}

@@ -1,0 +1,19 @@
+//! crmprof: a host-level eBPF profiler for CRM server stacks.
+//!
+//! Data flows through the modules in this order:
+//! [`probes`] (kernel programs and their maps) → [`discovery`] (which processes form which
+//! service) → [`collection`] (map reads turned into per-window deltas) → [`profile`] (the
+//! `crmprof.profile/v1` document) → [`render`] (for a person) and the data directory
+//! ([`run`]).
+
+pub mod check;
+pub mod collection;
+pub mod config;
+pub mod discovery;
+pub mod error;
+pub mod histogram;
+pub mod names;
+pub mod probes;
+pub mod profile;
+pub mod render;
+pub mod run;

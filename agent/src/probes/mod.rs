@@ -1,0 +1,340 @@
+//! The kernel side as seen from userspace: load the BPF object, attach each probe group on its
+//! own, and read the maps the programs aggregate into.
+//!
+//! Groups degrade independently: a group whose program the verifier rejects or whose tracepoint
+//! is missing is reported (with the verifier log) and the others run.
+
+pub mod btf;
+pub mod privileges;
+pub mod syscalls;
+
+use std::{collections::BTreeMap, path::Path};
+
+use agent_ebpf::{COMM_LEN, Counter, globals, maps, programs};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{ProgramError, RawTracePoint},
+};
+use serde::Serialize;
+
+use crate::error::ProbeError;
+
+/// The kernel programs, built by `build.rs` and embedded in the binary.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crmprof"));
+
+/// A probe group: programs that only make sense together, attached to raw tracepoints.
+pub struct Group {
+    pub name: &'static str,
+    pub what: &'static str,
+    /// (program name, raw tracepoint name)
+    pub programs: &'static [(&'static str, &'static str)],
+}
+
+/// All groups, in attach order: process tracking first, so selection is live before any
+/// measuring program runs.
+pub const GROUPS: &[Group] = &[
+    Group {
+        name: "process",
+        what: "follows forks, execs and exits of selected processes",
+        programs: &[
+            (programs::PROCESS_FORK, "sched_process_fork"),
+            (programs::PROCESS_EXEC, "sched_process_exec"),
+            (programs::PROCESS_EXIT, "sched_process_exit"),
+        ],
+    },
+    Group {
+        name: "syscalls",
+        what: "syscall latency histograms and errors per service",
+        programs: &[
+            (programs::SYS_ENTER, "sys_enter"),
+            (programs::SYS_EXIT, "sys_exit"),
+        ],
+    },
+];
+
+/// What happened to one group at load and attach.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct GroupStatus {
+    /// "attached" or "failed".
+    pub status: &'static str,
+    /// The raw tracepoints the group is attached to.
+    pub attach_points: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verifier_log: Option<String>,
+}
+
+/// Options for [`Probes::load`].
+pub struct LoadOptions<'a> {
+    pub btf_path: &'a Path,
+    /// Report every exec on the host (for auto-discovery), not only those of selected processes.
+    pub report_all_execs: bool,
+}
+
+/// The loaded programs and their maps.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub status: BTreeMap<&'static str, GroupStatus>,
+    pid_max: u32,
+}
+
+impl Probes {
+    /// Checks privileges and BTF, loads the object and attaches every group it can.
+    pub fn load(opts: &LoadOptions<'_>) -> Result<Self, ProbeError> {
+        privileges::require_bpf()?;
+        let offsets = btf::task_offsets(opts.btf_path)?;
+        let pid_max = read_pid_max();
+        raise_memlock_rlimit();
+        let agent_tgid = std::process::id();
+        let report_all_execs = u32::from(opts.report_all_execs);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::TASK_PID_OFFSET, &offsets.pid, true)
+            .override_global(globals::TASK_TGID_OFFSET, &offsets.tgid, true)
+            .override_global(globals::AGENT_TGID, &agent_tgid, true)
+            .override_global(globals::REPORT_ALL_EXECS, &report_all_execs, true)
+            // One element per four tgids, one start slot per tid: see the map comments.
+            .map_max_entries(maps::PID_SERVICE, pid_max.div_ceil(4))
+            .map_max_entries(maps::SYSCALL_START, pid_max)
+            .load(EBPF_OBJECT)
+            .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+
+        let mut status = BTreeMap::new();
+        for group in GROUPS {
+            status.insert(group.name, attach_group(&mut ebpf, group));
+        }
+        if status.values().all(|s| s.status != "attached") {
+            let why = status
+                .iter()
+                .map(|(name, s)| format!("{name}: {}", s.error.as_deref().unwrap_or("unknown")))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(ProbeError::NothingAttached(why));
+        }
+        Ok(Self {
+            ebpf,
+            status,
+            pid_max,
+        })
+    }
+
+    pub fn pid_max(&self) -> u32 {
+        self.pid_max
+    }
+
+    pub fn attached(&self, group: &str) -> bool {
+        self.status.get(group).is_some_and(|s| s.status == "attached")
+    }
+
+    /// Puts a process in a service (or takes it out with service 0).
+    pub fn set_service(&mut self, tgid: u32, service: u16) -> Result<(), ProbeError> {
+        if tgid >= self.pid_max {
+            return Err(ProbeError::MapWrite {
+                name: maps::PID_SERVICE,
+                reason: format!("pid {tgid} is not below kernel.pid_max {}", self.pid_max),
+            });
+        }
+        let mut map: Array<&mut MapData, [u16; 4]> = map_mut(&mut self.ebpf, maps::PID_SERVICE)?;
+        let index = tgid / 4;
+        let write_err = |e: aya::maps::MapError| ProbeError::MapWrite {
+            name: maps::PID_SERVICE,
+            reason: e.to_string(),
+        };
+        let mut group = map.get(&index, 0).map_err(write_err)?;
+        group[(tgid % 4) as usize] = service;
+        // A whole-element write: it can race with the kernel setting a neighbour pid at fork.
+        // The agent re-reads selection after start-up (see discovery) to repair such a race.
+        map.set(index, group, 0).map_err(write_err)
+    }
+
+    /// The service the kernel currently has for a tgid.
+    pub fn service_of(&self, tgid: u32) -> Result<u16, ProbeError> {
+        let map: Array<&MapData, [u16; 4]> = map_ref(&self.ebpf, maps::PID_SERVICE)?;
+        let group = map.get(&(tgid / 4), 0).map_err(|e| ProbeError::MapRead {
+            name: maps::PID_SERVICE,
+            reason: e.to_string(),
+        })?;
+        Ok(group[(tgid % 4) as usize])
+    }
+
+    /// Adds a comm rule applied by the kernel at every exec.
+    pub fn add_comm_rule(&mut self, comm: &str, service: u16) -> Result<(), ProbeError> {
+        let mut key = [0u8; COMM_LEN];
+        let bytes = comm.as_bytes();
+        let n = bytes.len().min(COMM_LEN - 1);
+        key[..n].copy_from_slice(&bytes[..n]);
+        let mut map: HashMap<&mut MapData, [u8; COMM_LEN], u32> =
+            map_mut(&mut self.ebpf, maps::COMM_RULES)?;
+        map.insert(key, u32::from(service), 0)
+            .map_err(|e| ProbeError::MapWrite {
+                name: maps::COMM_RULES,
+                reason: e.to_string(),
+            })
+    }
+
+    /// The counters, summed over CPUs, cumulative since load.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, ProbeError> {
+        let map: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, maps::COUNTERS)?;
+        let mut out = BTreeMap::new();
+        for counter in Counter::ALL {
+            let values = map
+                .get(&(counter as u32), 0)
+                .map_err(|e| ProbeError::MapRead {
+                    name: maps::COUNTERS,
+                    reason: e.to_string(),
+                })?;
+            out.insert(counter_name(counter), values.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// The ring buffer of process lifecycle events; taken once by the collector.
+    pub fn take_proc_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self.ebpf.take_map(maps::PROC_EVENTS).ok_or(ProbeError::Map {
+            name: maps::PROC_EVENTS,
+            reason: "not in the object".into(),
+        })?;
+        RingBuf::try_from(map).map_err(|e| ProbeError::Map {
+            name: maps::PROC_EVENTS,
+            reason: e.to_string(),
+        })
+    }
+
+    pub(crate) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+}
+
+/// The stable name of a counter in profiles and `crmprof check`.
+pub fn counter_name(counter: Counter) -> &'static str {
+    match counter {
+        Counter::DropSyscallStatsFull => "syscall_stats_map_full",
+        Counter::DropErrnoFull => "syscall_errors_map_full",
+        Counter::DropProcEventRingFull => "proc_events_ring_full",
+        Counter::DropPidOutOfRange => "pid_above_pid_max",
+        Counter::UnmatchedExit => "syscall_in_flight_at_attach",
+        Counter::ForkInherited => "forks_inherited",
+        Counter::ExecMatched => "execs_matched",
+        Counter::DropTaskReadFailed => "task_read_failed",
+    }
+}
+
+/// Counters that are events, not losses.
+pub fn is_loss(counter: Counter) -> bool {
+    !matches!(counter, Counter::ForkInherited | Counter::ExecMatched)
+}
+
+fn attach_group(ebpf: &mut Ebpf, group: &Group) -> GroupStatus {
+    let mut attached = Vec::new();
+    for &(program, tracepoint) in group.programs {
+        if let Err(e) = attach_one(ebpf, program, tracepoint) {
+            let verifier_log = match &e {
+                AttachError::Program(ProgramError::LoadError { verifier_log, .. }) => {
+                    Some(verifier_log.to_string())
+                }
+                _ => None,
+            };
+            return GroupStatus {
+                status: "failed",
+                attach_points: attached,
+                error: Some(format!("{program} on raw tracepoint {tracepoint}: {e}")),
+                verifier_log,
+            };
+        }
+        attached.push(tracepoint);
+    }
+    GroupStatus {
+        status: "attached",
+        attach_points: attached,
+        error: None,
+        verifier_log: None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AttachError {
+    #[error("program not found in the object")]
+    Missing,
+    #[error("{0}")]
+    Program(#[from] ProgramError),
+}
+
+fn attach_one(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), AttachError> {
+    let prog: &mut RawTracePoint = ebpf
+        .program_mut(program)
+        .ok_or(AttachError::Missing)?
+        .try_into()?;
+    prog.load()?;
+    prog.attach(tracepoint)?;
+    Ok(())
+}
+
+pub(crate) fn map_ref<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map(name).ok_or(ProbeError::Map {
+        name,
+        reason: "not in the object".into(),
+    })?;
+    T::try_from(map).map_err(|e| ProbeError::Map {
+        name,
+        reason: e.to_string(),
+    })
+}
+
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(ProbeError::Map {
+        name,
+        reason: "not in the object".into(),
+    })?;
+    T::try_from(map).map_err(|e| ProbeError::Map {
+        name,
+        reason: e.to_string(),
+    })
+}
+
+/// `kernel.pid_max`, which bounds every pid and tid; the default when unreadable.
+fn read_pid_max() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 22)
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones to the memory cgroup.
+/// Without CAP_SYS_RESOURCE the raise fails, which is harmless on a cgroup-charging kernel.
+fn raise_memlock_rlimit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid, initialised struct.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    if ret != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); fine on Linux 5.11+, which charges BPF memory to \
+             the cgroup",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,142 @@
+//! The two ways of measuring: `crmprof profile` (one window, then exit) and `crmprof run` (the
+//! daemon: a window every interval, appended to the data directory and summarised live).
+
+use std::{
+    fs::{self, OpenOptions},
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    time::{Instant, MissedTickBehavior, interval_at},
+};
+
+use crate::{
+    collection::Collector,
+    discovery::{Registry, Selection},
+    probes::{LoadOptions, Probes},
+    profile::Profile,
+    render,
+};
+
+/// How often pending process events are applied. Fixed, so wake-ups do not follow the load.
+const EVENT_DRAIN_PERIOD: Duration = Duration::from_millis(250);
+
+pub struct Options {
+    pub selection: Selection,
+    pub btf_path: PathBuf,
+    pub max_services: usize,
+}
+
+/// Loads the probes and resolves the selection.
+pub fn start(opts: &Options) -> anyhow::Result<Collector> {
+    let mut probes = Probes::load(&LoadOptions {
+        btf_path: &opts.btf_path,
+        report_all_execs: opts.selection == Selection::Auto,
+    })?;
+    for (group, status) in &probes.status {
+        if let Some(error) = &status.error {
+            log::warn!("probe group {group} is not running: {error}");
+        }
+    }
+    let mut registry = Registry::new(opts.selection.clone(), opts.max_services);
+    registry.start(&mut probes)?;
+    Ok(Collector::new(probes, registry)?)
+}
+
+/// Measures for `duration` and returns the profile.
+pub async fn profile(opts: &Options, duration: Duration) -> anyhow::Result<Profile> {
+    let mut collector = start(opts)?;
+    let deadline = Instant::now() + duration;
+    let mut drain = interval_at(Instant::now() + EVENT_DRAIN_PERIOD, EVENT_DRAIN_PERIOD);
+    drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline) => break,
+            _ = drain.tick() => { collector.drain_events()?; }
+            _ = interrupt.recv() => break,
+        }
+    }
+    Ok(collector.collect()?)
+}
+
+pub struct DaemonOptions {
+    pub interval: Duration,
+    pub data_dir: PathBuf,
+    /// Print the per-service summary to stdout every interval.
+    pub live: bool,
+}
+
+/// Runs until SIGINT or SIGTERM; the last, partial window is written before exiting.
+pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()> {
+    let sink = JsonLines::open(&daemon.data_dir)?;
+    let mut collector = start(opts)?;
+    log::info!(
+        "profiling {} services; a profile every {:?} into {}",
+        collector.registry.services().len(),
+        daemon.interval,
+        sink.path.display()
+    );
+    let mut window = interval_at(Instant::now() + daemon.interval, daemon.interval);
+    window.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut drain = interval_at(Instant::now() + EVENT_DRAIN_PERIOD, EVENT_DRAIN_PERIOD);
+    drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    loop {
+        let last = tokio::select! {
+            _ = window.tick() => false,
+            _ = drain.tick() => { collector.drain_events()?; continue; }
+            _ = interrupt.recv() => true,
+            _ = terminate.recv() => true,
+        };
+        let profile = collector.collect()?;
+        sink.append(&profile)?;
+        if daemon.live {
+            print!("{}", render::summary(&profile, 20));
+            let _ = std::io::stdout().flush();
+        }
+        if last {
+            log::info!("stopping; the last window is in {}", sink.path.display());
+            return Ok(());
+        }
+    }
+}
+
+/// Profiles appended to `DATA_DIR/profiles.jsonl`, one document per line. The directory is
+/// created 0700 and the file 0600: profiles name processes and peers.
+struct JsonLines {
+    path: PathBuf,
+}
+
+impl JsonLines {
+    fn open(dir: &Path) -> anyhow::Result<Self> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating the data directory {}", dir.display()))?;
+        Ok(Self {
+            path: dir.join("profiles.jsonl"),
+        })
+    }
+
+    fn append(&self, profile: &Profile) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(profile).context("encoding a profile")?;
+        line.push(b'\n');
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        // One write of the whole line: a crash leaves whole lines only.
+        file.write_all(&line)
+            .with_context(|| format!("appending to {}", self.path.display()))
+    }
+}
