@@ -128,7 +128,7 @@ pub mod hist {
         const QUARTERS: [f64; 4] = [
             1.0,
             1.189_207_115_002_721,
-            1.414_213_562_373_095,
+            core::f64::consts::SQRT_2,
             1.681_792_830_507_429,
         ];
         (1u64 << (i >> SUB_BUCKETS_LOG2).min(63)) as f64 * QUARTERS[i & 3]

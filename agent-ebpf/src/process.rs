@@ -105,7 +105,7 @@ fn try_exec() -> Result<(), ()> {
     let mut service = service_of(tgid);
     // SAFETY: a hash lookup of a plain value; COMM_RULES entries are never removed while
     // programs run.
-    if let Some(rule) = unsafe { COMM_RULES.get(&comm) } {
+    if let Some(rule) = unsafe { COMM_RULES.get(comm) } {
         service = *rule as u16;
         set_service(tgid, service);
         count(Counter::ExecMatched);

@@ -1,7 +1,7 @@
 //! Syscall latency: a start timestamp per thread at `sys_enter`, an in-kernel histogram per
 //! (service, syscall) at `sys_exit`, and errors by errno. Raw tracepoints: the cheapest way in.
 
-use agent_ebpf::{Counter, ErrnoKey, SyscallKey, SyscallStats, NO_SERVICE, hist, start};
+use agent_ebpf::{Counter, ErrnoKey, NO_SERVICE, SyscallKey, SyscallStats, hist, start};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
@@ -106,7 +106,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ()> {
             (*stats).buckets[b] += 1;
         }
     }
-    if ret < 0 && ret >= -MAX_ERRNO {
+    if (-MAX_ERRNO..0).contains(&ret) {
         // SAFETY: as above.
         unsafe { (*stats).errors += 1 };
         record_errno(&key, (-ret) as u32);
@@ -136,14 +136,14 @@ fn record_errno(key: &SyscallKey, errno: u32) {
         errno,
         _pad: 0,
     };
-    if let Some(n) = SYSCALL_ERRORS.get_ptr_mut(&key) {
+    if let Some(n) = SYSCALL_ERRORS.get_ptr_mut(key) {
         // SAFETY: this CPU's value of a per-CPU hash entry.
         unsafe { *n += 1 };
         return;
     }
-    if SYSCALL_ERRORS.insert(&key, 1u64, 1).is_err() {
+    if SYSCALL_ERRORS.insert(key, 1u64, 1).is_err() {
         // Lost a race with another CPU creating it (then add to ours), or the map is full.
-        match SYSCALL_ERRORS.get_ptr_mut(&key) {
+        match SYSCALL_ERRORS.get_ptr_mut(key) {
             // SAFETY: as above.
             Some(n) => unsafe { *n += 1 },
             None => count(Counter::DropErrnoFull),

@@ -16,7 +16,7 @@ use crate::{
     names::{errno_label, syscall_name},
     probes::{Probes, counter_name, is_loss, syscalls},
     profile::{
-        Agent, ErrorProfile, Host, Profile, ProbeReport, SCHEMA, ServiceProfile, SyscallProfile,
+        Agent, ErrorProfile, Host, ProbeReport, Profile, SCHEMA, ServiceProfile, SyscallProfile,
         Window,
     },
 };
@@ -136,7 +136,14 @@ impl Collector {
         }
         let mut errors: HashMap<u32, Vec<ErrorProfile>> = HashMap::new();
         for (key, &count) in &now.errors {
-            let count = count - self.previous.errors.get(key).copied().unwrap_or(0).min(count);
+            let count = count
+                - self
+                    .previous
+                    .errors
+                    .get(key)
+                    .copied()
+                    .unwrap_or(0)
+                    .min(count);
             if count == 0 {
                 continue;
             }

@@ -63,9 +63,10 @@ impl Config {
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map_or(0, |span| text[..span.start.min(text.len())].lines().count().max(1));
+            let line = e.span().map_or(1, |span| {
+                text.get(..span.start)
+                    .map_or(1, |before| before.matches('\n').count() + 1)
+            });
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
@@ -127,13 +128,18 @@ mod tests {
     #[test]
     fn values_are_read() {
         let c = parse("interval = \"30s\"\nmax_services = 10\n").ok();
-        assert_eq!(c.as_ref().map(|c| c.interval), Some(Duration::from_secs(30)));
+        assert_eq!(
+            c.as_ref().map(|c| c.interval),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(c.map(|c| c.max_services), Some(10));
     }
 
     #[test]
     fn unknown_keys_name_the_line() {
-        let e = parse("interval = \"10s\"\nbogus = 1\n").err().map(|e| e.to_string());
+        let e = parse("interval = \"10s\"\nbogus = 1\n")
+            .err()
+            .map(|e| e.to_string());
         let e = e.unwrap_or_default();
         assert!(e.starts_with("test.toml:2:"), "{e}");
         assert!(e.contains("bogus"), "{e}");

@@ -270,9 +270,10 @@ fn clean_exe(exe: &Path) -> PathBuf {
 
 /// The executable's file name, made unique when two executables share it.
 fn service_name_for(exe: &Path, existing: &[Service]) -> String {
-    let base = exe
-        .file_name()
-        .map_or_else(|| exe.to_string_lossy().into_owned(), |n| n.to_string_lossy().into_owned());
+    let base = exe.file_name().map_or_else(
+        || exe.to_string_lossy().into_owned(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     if !existing.iter().any(|s| s.name == base) {
         return base;
     }
@@ -349,7 +350,13 @@ mod tests {
 
     #[test]
     fn descendants_walk_the_tree() {
-        let procs = [proc(1, 0), proc(10, 1), proc(11, 10), proc(12, 11), proc(20, 1)];
+        let procs = [
+            proc(1, 0),
+            proc(10, 1),
+            proc(11, 10),
+            proc(12, 11),
+            proc(20, 1),
+        ];
         assert_eq!(descendants(&procs, 10), vec![10, 11, 12]);
         assert_eq!(descendants(&procs, 20), vec![20]);
     }

@@ -69,7 +69,17 @@ mod tests {
         assert_eq!(hist::bucket(2), 4);
         assert_eq!(hist::bucket(1 << 20), 80);
         // Every value lies inside its bucket's bounds (within the 1/256 boundary rounding).
-        for v in [3u64, 7, 100, 999, 1_000, 65_537, 1_060_000, 123_456_789, 1 << 39] {
+        for v in [
+            3u64,
+            7,
+            100,
+            999,
+            1_000,
+            65_537,
+            1_060_000,
+            123_456_789,
+            1 << 39,
+        ] {
             let b = hist::bucket(v);
             let (lo, hi) = (hist::lower_bound(b), hist::upper_bound(b));
             assert!(

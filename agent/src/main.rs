@@ -139,7 +139,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let selection = if comm.is_empty() && pid.is_empty() {
                 Selection::Auto
             } else {
-                Selection::Explicit { comms: comm, pids: pid }
+                Selection::Explicit {
+                    comms: comm,
+                    pids: pid,
+                }
             };
             let opts = Options {
                 selection,

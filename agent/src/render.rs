@@ -123,7 +123,7 @@ pub fn summary(profile: &Profile, max_services: usize) -> String {
         })
         .filter(|r| r.1 > 0)
         .collect();
-    rows.sort_by(|a, b| b.3.cmp(&a.3));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.3));
     let _ = writeln!(
         out,
         "{:<24} {:>6} {:>10} {:>8} {:>12}  top syscall (p99)",

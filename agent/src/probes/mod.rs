@@ -124,7 +124,9 @@ impl Probes {
     }
 
     pub fn attached(&self, group: &str) -> bool {
-        self.status.get(group).is_some_and(|s| s.status == "attached")
+        self.status
+            .get(group)
+            .is_some_and(|s| s.status == "attached")
     }
 
     /// Puts a process in a service (or takes it out with service 0).
@@ -191,10 +193,13 @@ impl Probes {
 
     /// The ring buffer of process lifecycle events; taken once by the collector.
     pub fn take_proc_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
-        let map = self.ebpf.take_map(maps::PROC_EVENTS).ok_or(ProbeError::Map {
-            name: maps::PROC_EVENTS,
-            reason: "not in the object".into(),
-        })?;
+        let map = self
+            .ebpf
+            .take_map(maps::PROC_EVENTS)
+            .ok_or(ProbeError::Map {
+                name: maps::PROC_EVENTS,
+                reason: "not in the object".into(),
+            })?;
         RingBuf::try_from(map).map_err(|e| ProbeError::Map {
             name: maps::PROC_EVENTS,
             reason: e.to_string(),

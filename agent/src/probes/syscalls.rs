@@ -39,9 +39,11 @@ pub struct Snapshot {
 
 /// Reads both maps once. Cost: one syscall per entry, entries = (service, syscall) pairs seen.
 pub fn read(probes: &Probes) -> Result<Snapshot, ProbeError> {
-    let read_err = |name| move |e: aya::maps::MapError| ProbeError::MapRead {
-        name,
-        reason: e.to_string(),
+    let read_err = |name| {
+        move |e: aya::maps::MapError| ProbeError::MapRead {
+            name,
+            reason: e.to_string(),
+        }
     };
     let mut snapshot = Snapshot::default();
     let stats: PerCpuHashMap<&MapData, SyscallKey, SyscallStats> =

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Debian packages the integration tests and benchmarks drive. Idempotent: skips apt entirely
+# when everything is already installed.
+set -euo pipefail
+
+packages=(
+  util-linux   # setpriv: run crmprof unprivileged in tests
+  iproute2     # ip netns / veth / tc for network scenarios
+  procps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "    packages: all present"
+  exit 0
+fi
+echo "    packages: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,111 @@
+//! build, run and test.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{is_root, step, workspace_root};
+
+pub fn build() -> anyhow::Result<()> {
+    step(
+        "build: cargo build --release (kernel programs included, via agent/build.rs)",
+        Command::new("cargo").args(["build", "--release", "--package", "crmprof"]),
+    )?;
+    eprintln!(
+        "    binary: {}",
+        workspace_root().join("target/release/crmprof").display()
+    );
+    Ok(())
+}
+
+pub fn run(args: &[String]) -> anyhow::Result<()> {
+    build()?;
+    if !is_root() {
+        eprintln!(
+            "    note: not root; crmprof will say which capability is missing (rerun with sudo -E)"
+        );
+    }
+    let data_dir = workspace_root().join("target/crmprof-data");
+    let mut cmd = Command::new(workspace_root().join("target/release/crmprof"));
+    cmd.arg("run");
+    if !args
+        .iter()
+        .any(|a| a == "--data-dir" || a.starts_with("--data-dir="))
+    {
+        cmd.arg("--data-dir").arg(&data_dir);
+    }
+    cmd.args(args);
+    eprintln!("==> run: {cmd:?} (Ctrl-C to stop)");
+    let status = cmd.status().context("starting target/release/crmprof")?;
+    if !status.success() {
+        bail!("crmprof run exited with {status}");
+    }
+    Ok(())
+}
+
+pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
+    step(
+        "test: rustfmt (nightly, for the workspace's import grouping)",
+        Command::new("cargo").args(["+nightly", "fmt", "--all", "--check"]),
+    )?;
+    step(
+        "test: clippy on the userspace crates",
+        Command::new("cargo").args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--exclude",
+            "agent-ebpf",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step(
+        "test: clippy on the kernel programs (nightly, BPF target)",
+        Command::new("cargo").args([
+            "+nightly",
+            "clippy",
+            "--package",
+            "agent-ebpf",
+            "--bins",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step(
+        "test: unit tests",
+        Command::new("cargo").args([
+            "test",
+            "--workspace",
+            "--exclude",
+            "agent-ebpf",
+            "--exclude",
+            "integration-tests",
+        ]),
+    )?;
+    build()?;
+    if !is_root() {
+        eprintln!(
+            "    note: not root — the privileged integration tests will skip, each saying why"
+        );
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--release", "--package", "integration-tests", "--"])
+        .args(filter)
+        .args(["--test-threads=1", "--nocapture"])
+        .env(
+            "CRMPROF_BIN",
+            workspace_root().join("target/release/crmprof"),
+        );
+    step(
+        "test: privileged integration tests, one at a time",
+        &mut cmd,
+    )
+}
