@@ -24,6 +24,34 @@ pub mod maps {
     /// `PerCpuArray<SyscallStats>`: one zeroed value, the source for first inserts (too big for
     /// the 512-byte BPF stack).
     pub const ZERO_STATS: &str = "ZERO_STATS";
+    /// `Array<u32>`: syscall number → [`crate::SyscallClass`], filled by the agent at load.
+    pub const SYSCALL_CLASS: &str = "SYSCALL_CLASS";
+    /// `HashMap<u32, ThreadState>`: per selected thread (by tid), its scheduler state.
+    pub const THREADS: &str = "THREADS";
+    /// `PerCpuHashMap<u32, SchedStats>`: per service id.
+    pub const SCHED_STATS: &str = "SCHED_STATS";
+    /// `PerCpuArray<SchedStats>`: one zeroed value for first inserts.
+    pub const ZERO_SCHED: &str = "ZERO_SCHED";
+    /// `Array<u64>`: index 0 is the monotonic time the current window started; intervals that
+    /// straddle it are split there (the agent accounts the part before it).
+    pub const WINDOW: &str = "WINDOW";
+    /// `PerCpuHashMap<u32, NetStats>`: per service id.
+    pub const NET_STATS: &str = "NET_STATS";
+    /// `PerCpuHashMap<PeerKey, PeerStats>`: per (service, remote address:port).
+    pub const PEER_STATS: &str = "PEER_STATS";
+    /// `HashMap<u64, u32>`: socket (kernel address) → service id, for events that run in
+    /// softirq context (established, retransmit, close) on actively opened sockets.
+    pub const SOCK_OWNER: &str = "SOCK_OWNER";
+    /// `HashMap<u32, u32>`: listening local port → service id, for passively opened sockets.
+    pub const LISTEN_OWNER: &str = "LISTEN_OWNER";
+    /// `HashMap<u64, BioOwner>`: bio (kernel address) → who queued it and when.
+    pub const BIO_OWNER: &str = "BIO_OWNER";
+    /// `HashMap<u64, RqStart>`: request (kernel address) → owner and issue time.
+    pub const RQ_START: &str = "RQ_START";
+    /// `PerCpuHashMap<DiskKey, DiskStats>`: per (service, device).
+    pub const DISK_STATS: &str = "DISK_STATS";
+    /// `PerCpuArray<DiskStats>`: one zeroed value for first inserts.
+    pub const ZERO_DISK: &str = "ZERO_DISK";
 }
 
 /// Names of the programs, grouped by what they probe. Each group loads and attaches on its own.
@@ -33,19 +61,29 @@ pub mod programs {
     pub const PROCESS_FORK: &str = "sched_process_fork";
     pub const PROCESS_EXEC: &str = "sched_process_exec";
     pub const PROCESS_EXIT: &str = "sched_process_exit";
+    pub const SCHED_SWITCH: &str = "sched_switch";
+    pub const SCHED_WAKEUP: &str = "sched_wakeup";
+    pub const SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
+    pub const SOCK_SEND: &str = "sock_send_length";
+    pub const SOCK_RECV: &str = "sock_recv_length";
+    pub const SOCK_STATE: &str = "inet_sock_set_state";
+    pub const TCP_RETRANSMIT: &str = "tcp_retransmit_skb";
+    pub const BIO_QUEUE: &str = "block_bio_queue";
+    pub const RQ_ISSUE: &str = "block_rq_issue";
+    pub const RQ_COMPLETE: &str = "block_rq_complete";
 }
 
 /// Names of the globals the agent sets at load time with `EbpfLoader::set_global`.
 pub mod globals {
-    /// `u32`: byte offset of `task_struct.pid`, read from the running kernel's BTF.
-    pub const TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
-    /// `u32`: byte offset of `task_struct.tgid`, read from the running kernel's BTF.
-    pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+    /// [`crate::Offsets`]: kernel struct field offsets, read from the running kernel's BTF.
+    pub const OFFSETS: &str = "OFFSETS";
     /// `u32`: the agent's own tgid, never selected.
     pub const AGENT_TGID: &str = "AGENT_TGID";
     /// `u32`: 1 to send an exec event for every process on the host (auto-discovery names new
     /// processes from them), 0 for selected processes only.
     pub const REPORT_ALL_EXECS: &str = "REPORT_ALL_EXECS";
+    /// `u32`: first port of `net.ipv4.ip_local_port_range`.
+    pub const EPHEMERAL_PORT_MIN: &str = "EPHEMERAL_PORT_MIN";
 }
 
 /// Service id 0 means "not selected"; real ids start at 1.
@@ -209,12 +247,26 @@ pub enum Counter {
     ForkInherited = 5,
     /// Processes that joined a service by an exec matching a comm rule.
     ExecMatched = 6,
-    /// Reading a task field failed (`bpf_probe_read_kernel`).
+    /// Reading a kernel struct field failed (`bpf_probe_read_kernel`).
     DropTaskReadFailed = 7,
+    /// A selected thread could not be tracked: `THREADS` is full.
+    DropThreadsFull = 8,
+    /// A service's scheduler stats could not be created: `SCHED_STATS` is full.
+    DropSchedStatsFull = 9,
+    /// A service's network stats could not be created: `NET_STATS` is full.
+    DropNetStatsFull = 10,
+    /// A peer could not be recorded: `PEER_STATS` is full (its bytes still count in totals).
+    DropPeersFull = 11,
+    /// A socket owner could not be recorded: `SOCK_OWNER` is full.
+    DropSockOwnerFull = 12,
+    /// A bio or request could not be tracked: `BIO_OWNER`/`RQ_START` is full.
+    DropBlockTrackFull = 13,
+    /// A service's disk stats could not be created: `DISK_STATS` is full.
+    DropDiskStatsFull = 14,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 15;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::DropSyscallStatsFull,
         Counter::DropErrnoFull,
@@ -224,6 +276,13 @@ impl Counter {
         Counter::ForkInherited,
         Counter::ExecMatched,
         Counter::DropTaskReadFailed,
+        Counter::DropThreadsFull,
+        Counter::DropSchedStatsFull,
+        Counter::DropNetStatsFull,
+        Counter::DropPeersFull,
+        Counter::DropSockOwnerFull,
+        Counter::DropBlockTrackFull,
+        Counter::DropDiskStatsFull,
     ];
 }
 
@@ -246,6 +305,170 @@ pub struct ProcEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+/// Kernel struct field offsets in bytes, from the running kernel's BTF (Rust eBPF has no CO-RE
+/// relocations). `u32::MAX` marks a field this kernel does not have; the programs that need it
+/// are then not attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    /// `struct sock_common` fields (at the start of `struct sock`).
+    pub skc_daddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_v6_daddr: u32,
+    /// `struct request` fields.
+    pub rq_bio: u32,
+    pub rq_cmd_flags: u32,
+    pub rq_part: u32,
+    /// `struct block_device.bd_dev`.
+    pub bdev_dev: u32,
+    pub _pad: u32,
+}
+
+/// What kind of wait a syscall is, for the off-CPU reason (see [`OffCpuReason`]).
+pub mod syscall_class {
+    pub const OTHER: u32 = 0;
+    /// futex: waiting for a lock (or a condition).
+    pub const LOCK: u32 = 1;
+    /// nanosleep, clock_nanosleep.
+    pub const SLEEP: u32 = 2;
+    /// epoll/poll/select/accept: waiting for new work.
+    pub const WAIT_FOR_WORK: u32 = 3;
+    /// recv/send/connect: waiting on a socket.
+    pub const NET: u32 = 4;
+    /// read/write/fsync and friends: disk when uninterruptible, a socket or pipe otherwise.
+    pub const IO: u32 = 5;
+}
+
+/// Why a selected thread was off CPU. Index into [`SchedStats::offcpu_ns`].
+pub mod offcpu {
+    pub const LOCK: usize = 0;
+    pub const NETWORK: usize = 1;
+    pub const DISK: usize = 2;
+    pub const SLEEP: usize = 3;
+    pub const MEMORY: usize = 4;
+    pub const IDLE: usize = 5;
+    pub const OTHER: usize = 6;
+    pub const COUNT: usize = 8;
+    pub const NAMES: [&str; 7] = [
+        "lock", "network", "disk", "sleep", "memory", "idle", "other",
+    ];
+}
+
+/// A remote endpoint of a service: IPv4 addresses are stored IPv4-mapped in `addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    pub service: u32,
+    /// Host byte order.
+    pub port: u16,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    pub addr: [u8; 16],
+}
+
+/// Per selected thread. Timestamps are `bpf_ktime_get_ns`; 0 means "not in that state".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadState {
+    pub service: u32,
+    /// [`offcpu`] reason of the current off-CPU interval.
+    pub reason: u32,
+    pub oncpu_since: u64,
+    pub offcpu_since: u64,
+    pub runnable_since: u64,
+    /// The last socket peer this thread sent to or received from (`peer.port == 0`: none), to
+    /// which a network wait is attributed.
+    pub peer: PeerKey,
+}
+
+/// Per service, cumulative.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SchedStats {
+    pub on_cpu_ns: u64,
+    pub runqueue_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub offcpu_ns: [u64; offcpu::COUNT],
+    pub offcpu_count: [u64; offcpu::COUNT],
+    /// Run-queue latency (wakeup or preemption → back on CPU), histogram as [`hist`].
+    pub runqueue_buckets: [u64; hist::BUCKETS],
+}
+
+/// Per service, cumulative.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NetStats {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub connects_failed: u64,
+    pub retransmits: u64,
+}
+
+/// Per (service, peer), cumulative.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PeerStats {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub connections: u64,
+    pub wait_ns: u64,
+}
+
+/// Who queued a bio.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BioOwner {
+    pub service: u32,
+    pub _pad: u32,
+    pub queued_ns: u64,
+}
+
+/// An issued request.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RqStart {
+    pub service: u32,
+    /// `dev_t` of the disk.
+    pub dev: u32,
+    pub queued_ns: u64,
+    pub issued_ns: u64,
+    /// 0 read, 1 write, 2 other (flush, discard, ...).
+    pub op: u32,
+    pub _pad: u32,
+}
+
+/// Key of [`maps::DISK_STATS`]; service 0 is I/O no selected service can be charged with
+/// (write-back by kernel threads, readahead, journal).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DiskKey {
+    pub service: u32,
+    pub dev: u32,
+}
+
+/// Per (service, device), cumulative.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DiskStats {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub reads: u64,
+    pub writes: u64,
+    /// Issue → complete, summed.
+    pub device_ns: u64,
+    /// Queued (bio) → issued, summed: time in the block layer's queues.
+    pub queue_ns: u64,
+    /// Queued (or issued, if the queueing was not seen) → complete, histogram as [`hist`].
+    pub buckets: [u64; hist::BUCKETS],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are `#[repr(C)]`, `Copy`, made only of integers with explicit
@@ -257,4 +480,20 @@ mod pod {
     unsafe impl aya::Pod for super::ErrnoKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ProcEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PeerKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ThreadState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SchedStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NetStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PeerStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DiskKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DiskStats {}
 }

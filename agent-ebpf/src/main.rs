@@ -3,7 +3,10 @@
 #![no_std]
 #![no_main]
 
+mod disk;
+mod net;
 mod process;
+mod sched;
 mod selection;
 mod syscalls;
 

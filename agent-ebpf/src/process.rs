@@ -5,13 +5,13 @@
 
 use agent_ebpf::{COMM_LEN, Counter, NO_SERVICE, ProcEvent, proc_event};
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::{map, raw_tracepoint},
     maps::{HashMap, RingBuf},
     programs::RawTracePointContext,
 };
 
-use crate::selection::{agent_tgid, count, service_of, set_service};
+use crate::selection::{agent_tgid, count, offsets, read_field, service_of, set_service};
 
 /// comm → service id for rules that must catch processes started later (`--comm NAME`).
 #[map(name = "COMM_RULES")]
@@ -22,26 +22,9 @@ static COMM_RULES: HashMap<[u8; COMM_LEN], u32> = HashMap::with_max_entries(256,
 #[map(name = "PROC_EVENTS")]
 static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 
-/// Byte offsets of `task_struct.pid` and `.tgid` on the running kernel, from its BTF (Rust eBPF
-/// has no CO-RE relocations, so userspace computes them and sets them at load).
-#[unsafe(no_mangle)]
-static TASK_PID_OFFSET: u32 = 0;
-#[unsafe(no_mangle)]
-static TASK_TGID_OFFSET: u32 = 0;
-
 /// Set by the loader: see `agent_ebpf::globals::REPORT_ALL_EXECS`.
 #[unsafe(no_mangle)]
 static REPORT_ALL_EXECS: u32 = 0;
-
-#[inline(always)]
-fn read_task_u32(task: *const u8, offset: &'static u32) -> Result<u32, ()> {
-    // SAFETY: reading a loader-filled global.
-    let offset = unsafe { core::ptr::read_volatile(offset) } as usize;
-    // SAFETY: bpf_probe_read_kernel tolerates any address; a fault returns an error.
-    unsafe { bpf_probe_read_kernel(task.wrapping_add(offset) as *const u32) }.map_err(|_| {
-        count(Counter::DropTaskReadFailed);
-    })
-}
 
 #[inline(always)]
 fn emit(kind: u32, pid: u32, parent_pid: u32, service: u16) {
@@ -74,8 +57,9 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ()> {
         return Ok(());
     }
     let child: *const u8 = ctx.arg(1);
-    let pid = read_task_u32(child, &TASK_PID_OFFSET)?;
-    let tgid = read_task_u32(child, &TASK_TGID_OFFSET)?;
+    let offsets = offsets();
+    let pid: u32 = read_field(child, offsets.task_pid)?;
+    let tgid: u32 = read_field(child, offsets.task_tgid)?;
     if pid != tgid {
         // A new thread of an already selected process.
         return Ok(());
@@ -136,6 +120,7 @@ fn try_exit() -> Result<(), ()> {
         return Ok(());
     }
     crate::syscalls::forget_thread(tid);
+    crate::sched::forget_thread(tid);
     // The leader's exit ends the process for us. A leader that exits before its other threads
     // (rare: pthread_exit from main) unselects them early; `group_dead` would tell, but it is
     // absent before Linux 6.16 and reading it would fail to attach there.

@@ -4,8 +4,9 @@
 //! array lookup that the verifier inlines into a bounds check and a load, so a process that is
 //! not selected costs almost nothing.
 
-use agent_ebpf::{Counter, NO_SERVICE};
+use agent_ebpf::{Counter, NO_SERVICE, Offsets};
 use aya_ebpf::{
+    helpers::bpf_probe_read_kernel,
     macros::map,
     maps::{Array, PerCpuArray},
 };
@@ -23,6 +24,37 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 /// The agent's own tgid: never selected, whatever the rules say.
 #[unsafe(no_mangle)]
 static AGENT_TGID: u32 = 0;
+
+/// Kernel struct offsets from the running kernel's BTF, set by the loader.
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    task_pid: 0,
+    task_tgid: 0,
+    skc_daddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    skc_family: 0,
+    skc_v6_daddr: 0,
+    rq_bio: 0,
+    rq_cmd_flags: 0,
+    rq_part: 0,
+    bdev_dev: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+pub fn offsets() -> Offsets {
+    // SAFETY: a read of a loader-filled global; volatile so the zero initialiser is not folded.
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+/// Reads a `T` at `base + offset` of a kernel object. Counts a failure.
+#[inline(always)]
+pub fn read_field<T>(base: *const u8, offset: u32) -> Result<T, ()> {
+    // SAFETY: bpf_probe_read_kernel tolerates any address; a fault returns an error.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset as usize) as *const T) }
+        .map_err(|_| count(Counter::DropTaskReadFailed))
+}
 
 #[inline(always)]
 pub fn agent_tgid() -> u32 {

@@ -18,7 +18,7 @@ const NO_PREALLOC: u32 = 1;
 /// Packed syscall start per tid ([`start::pack`]). An array indexed by tid, resized at load from
 /// `kernel.pid_max`: the lookup is inlined and the store needs no map update call.
 #[map(name = "SYSCALL_START")]
-static SYSCALL_START: Array<u64> = Array::with_max_entries(1, 0);
+pub static SYSCALL_START: Array<u64> = Array::with_max_entries(1, 0);
 
 /// 4096 (service, syscall) pairs: 64 services using 64 distinct syscalls each. Resizable at load.
 #[map(name = "SYSCALL_STATS")]

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::probes::{
     LoadOptions, Probes,
-    btf::task_offsets,
+    btf::offsets,
     privileges::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN},
 };
 
@@ -81,15 +81,15 @@ pub fn run(btf_path: &Path) -> Report {
     ));
     can_run &= missing.is_empty();
 
-    match task_offsets(btf_path) {
+    match offsets(btf_path) {
         Ok(o) => items.push(item(
             "btf",
             "ok",
             format!(
                 "{} (task_struct.pid at {}, .tgid at {})",
                 btf_path.display(),
-                o.pid,
-                o.tgid
+                o.task_pid,
+                o.task_tgid
             ),
             None,
         )),

@@ -6,45 +6,71 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use agent_ebpf::{Counter, ProcEvent};
+use agent_ebpf::{Counter, DiskKey, ProcEvent, offcpu};
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
     discovery::Registry,
     error::ProbeError,
-    histogram,
+    histogram, host,
     names::{errno_label, syscall_name},
-    probes::{Probes, counter_name, is_loss, syscalls},
+    probes::{Probes, counter_name, disk, is_loss, net, sched, syscalls},
     profile::{
-        Agent, ErrorProfile, Host, ProbeReport, Profile, SCHEMA, ServiceProfile, SyscallProfile,
+        Agent, CpuProfile, DeviceProfile, DiskProfile, ErrorProfile, Host, NetworkProfile,
+        OffCpuProfile, PeerProfile, ProbeReport, Profile, SCHEMA, ServiceProfile, SyscallProfile,
         Window,
     },
 };
+
+/// Cumulative kernel figures at one instant.
+struct Reading {
+    syscalls: syscalls::Snapshot,
+    sched: HashMap<u32, sched::Totals>,
+    net: net::Snapshot,
+    disk: HashMap<DiskKey, disk::Totals>,
+    counters: BTreeMap<&'static str, u64>,
+    host: host::Sample,
+}
+
+impl Reading {
+    fn take(probes: &Probes) -> Result<Self, ProbeError> {
+        Ok(Self {
+            syscalls: syscalls::read(probes)?,
+            sched: sched::read(probes)?,
+            net: net::read(probes)?,
+            disk: disk::read(probes)?,
+            counters: probes.counters()?,
+            host: host::Sample::read(),
+        })
+    }
+}
 
 pub struct Collector {
     pub probes: Probes,
     pub registry: Registry,
     events: RingBuf<MapData>,
     host: Host,
-    previous: syscalls::Snapshot,
-    previous_counters: BTreeMap<&'static str, u64>,
+    previous: Reading,
     window_start_ns: u64,
+    /// The same instant on the monotonic clock the kernel programs use.
+    window_start_mono: u64,
 }
 
 impl Collector {
     /// Takes over loaded probes and a started registry; the first window starts now.
     pub fn new(mut probes: Probes, registry: Registry) -> Result<Self, ProbeError> {
         let events = probes.take_proc_events()?;
-        let previous = syscalls::read(&probes)?;
-        let previous_counters = probes.counters()?;
+        let window_start_mono = monotonic_now_ns();
+        sched::start_window(&mut probes, window_start_mono)?;
+        let previous = Reading::take(&probes)?;
         let mut collector = Self {
             probes,
             registry,
             events,
             host: Host::current(),
             previous,
-            previous_counters,
             window_start_ns: unix_now_ns(),
+            window_start_mono,
         };
         collector.drain_events()?;
         collector.registry.next_window();
@@ -72,16 +98,22 @@ impl Collector {
     /// Closes the current window and returns its profile; the next window starts now.
     pub fn collect(&mut self) -> Result<Profile, ProbeError> {
         self.drain_events()?;
-        let now = syscalls::read(&self.probes)?;
-        let counters = self.probes.counters()?;
+        // The kernel splits intervals that straddle this instant; the part before it is
+        // accounted below from the still-open intervals.
+        let end_mono = monotonic_now_ns();
+        sched::start_window(&mut self.probes, end_mono)?;
+        let now = Reading::take(&self.probes)?;
+        let open = sched::open_intervals(&self.probes, self.window_start_mono, end_mono)?;
+        let listeners = net::listeners(&self.probes).unwrap_or_default();
         let end_ns = unix_now_ns();
+        let duration_ns = end_ns.saturating_sub(self.window_start_ns);
 
         let mut dropped = BTreeMap::new();
         let mut tracking = BTreeMap::new();
         for counter in Counter::ALL {
             let name = counter_name(counter);
-            let delta = counters.get(name).copied().unwrap_or(0)
-                - self.previous_counters.get(name).copied().unwrap_or(0);
+            let delta = now.counters.get(name).copied().unwrap_or(0)
+                - self.previous.counters.get(name).copied().unwrap_or(0);
             if is_loss(counter) {
                 dropped.insert(name.to_owned(), delta);
             } else {
@@ -93,14 +125,16 @@ impl Collector {
             self.registry.services_over_limit,
         );
 
-        let services = self.service_profiles(&now);
+        let services = self.service_profiles(&now, &open, &listeners);
+        let mut host = self.host.clone();
+        host.usage = now.host.since(&self.previous.host, duration_ns);
         let profile = Profile {
             schema: SCHEMA.to_owned(),
-            host: self.host.clone(),
+            host,
             window: Window {
                 start_unix_ns: self.window_start_ns,
                 end_unix_ns: end_ns,
-                duration_ns: end_ns.saturating_sub(self.window_start_ns),
+                duration_ns,
             },
             agent: Agent {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -116,16 +150,21 @@ impl Collector {
             services,
         };
         self.previous = now;
-        self.previous_counters = counters;
         self.window_start_ns = end_ns;
+        self.window_start_mono = end_mono;
         self.registry.next_window();
         Ok(profile)
     }
 
-    fn service_profiles(&self, now: &syscalls::Snapshot) -> Vec<ServiceProfile> {
+    fn service_profiles(
+        &self,
+        now: &Reading,
+        open: &HashMap<u32, sched::Open>,
+        listeners: &HashMap<u16, u32>,
+    ) -> Vec<ServiceProfile> {
         let mut by_service: HashMap<u32, Vec<SyscallProfile>> = HashMap::new();
-        for (key, totals) in &now.stats {
-            let before = self.previous.stats.get(key);
+        for (key, totals) in &now.syscalls.stats {
+            let before = self.previous.syscalls.stats.get(key);
             let Some(delta) = delta(totals, before) else {
                 continue;
             };
@@ -135,10 +174,11 @@ impl Collector {
                 .push(syscall_profile(key.nr, &delta, before));
         }
         let mut errors: HashMap<u32, Vec<ErrorProfile>> = HashMap::new();
-        for (key, &count) in &now.errors {
+        for (key, &count) in &now.syscalls.errors {
             let count = count
                 - self
                     .previous
+                    .syscalls
                     .errors
                     .get(key)
                     .copied()
@@ -166,15 +206,152 @@ impl Collector {
                         .cmp(&a.count)
                         .then_with(|| a.syscall.cmp(&b.syscall))
                 });
+                let (cpu, offcpu) = self.sched_profile(id, now, open.get(&id));
+                let network = self.network_profile(id, now, offcpu.network_ns, listeners);
+                let disk = self.disk_profile(id, now, offcpu.disk_ns);
                 ServiceProfile {
                     name: service.name.clone(),
                     pids: service.window.iter().copied().collect(),
                     syscalls,
                     errors,
+                    cpu,
+                    offcpu,
+                    network,
+                    disk,
                 }
             })
             .collect()
     }
+
+    fn sched_profile(
+        &self,
+        id: u32,
+        now: &Reading,
+        open: Option<&sched::Open>,
+    ) -> (CpuProfile, OffCpuProfile) {
+        let zero = sched::Totals::default();
+        let d = now
+            .sched
+            .get(&id)
+            .unwrap_or(&zero)
+            .minus(self.previous.sched.get(&id).unwrap_or(&zero));
+        let open = open.cloned().unwrap_or_default();
+        let q = |q| histogram::quantile(&d.runqueue_buckets, q, 0).unwrap_or(0);
+        let cpu = CpuProfile {
+            on_cpu_ns: d.on_cpu_ns + open.on_cpu_ns,
+            runqueue_ns: d.runqueue_ns + open.runqueue_ns,
+            runqueue_p50_ns: q(0.50),
+            runqueue_p99_ns: q(0.99),
+            voluntary_switches: d.voluntary_switches,
+            involuntary_switches: d.involuntary_switches,
+        };
+        let r = |i: usize| d.offcpu_ns[i] + open.offcpu_ns[i];
+        let offcpu = OffCpuProfile {
+            lock_ns: r(offcpu::LOCK),
+            network_ns: r(offcpu::NETWORK),
+            disk_ns: r(offcpu::DISK),
+            sleep_ns: r(offcpu::SLEEP),
+            memory_ns: r(offcpu::MEMORY),
+            idle_ns: r(offcpu::IDLE),
+            other_ns: r(offcpu::OTHER),
+        };
+        (cpu, offcpu)
+    }
+
+    fn network_profile(
+        &self,
+        id: u32,
+        now: &Reading,
+        wait_ns: u64,
+        listeners: &HashMap<u16, u32>,
+    ) -> NetworkProfile {
+        let zero = Default::default();
+        let t = now.net.services.get(&id).unwrap_or(&zero);
+        let b = self.previous.net.services.get(&id).unwrap_or(&zero);
+        let mut peers: Vec<PeerProfile> = now
+            .net
+            .peers
+            .iter()
+            .filter(|(k, _)| k.service == id)
+            .filter_map(|(k, p)| {
+                let before = self.previous.net.peers.get(k).copied().unwrap_or_default();
+                let peer = PeerProfile {
+                    address: net::peer_address(k),
+                    port: k.port,
+                    service: None,
+                    tx_bytes: p.tx_bytes.saturating_sub(before.tx_bytes),
+                    rx_bytes: p.rx_bytes.saturating_sub(before.rx_bytes),
+                    connections: p.connections.saturating_sub(before.connections),
+                    wait_ns: p.wait_ns.saturating_sub(before.wait_ns),
+                };
+                let active = peer.tx_bytes + peer.rx_bytes + peer.connections + peer.wait_ns > 0;
+                active.then_some(peer)
+            })
+            .map(|mut peer| {
+                if peer.port != 0
+                    && is_local(&peer.address)
+                    && let Some(&svc) = listeners.get(&peer.port)
+                {
+                    peer.service = self.registry.service(svc as u16).map(|s| s.name.clone());
+                }
+                peer
+            })
+            .collect();
+        peers.sort_by_key(|p| std::cmp::Reverse((p.wait_ns, p.tx_bytes + p.rx_bytes)));
+        NetworkProfile {
+            tx_bytes: t.tx_bytes.saturating_sub(b.tx_bytes),
+            rx_bytes: t.rx_bytes.saturating_sub(b.rx_bytes),
+            connections_opened: t.connections_opened.saturating_sub(b.connections_opened),
+            connections_closed: t.connections_closed.saturating_sub(b.connections_closed),
+            connects_failed: t.connects_failed.saturating_sub(b.connects_failed),
+            retransmits: t.retransmits.saturating_sub(b.retransmits),
+            wait_ns,
+            peers,
+        }
+    }
+
+    fn disk_profile(&self, id: u32, now: &Reading, wait_ns: u64) -> DiskProfile {
+        let mut all = disk::Totals::default();
+        let mut devices = Vec::new();
+        for (key, t) in now.disk.iter().filter(|(k, _)| k.service == id) {
+            let d = match self.previous.disk.get(key) {
+                Some(b) => t.minus(b),
+                None => t.clone(),
+            };
+            if d.reads + d.writes == 0 {
+                continue;
+            }
+            all.add(&d);
+            devices.push(DeviceProfile {
+                name: disk::device_name(key.dev),
+                read_bytes: d.read_bytes,
+                write_bytes: d.write_bytes,
+                ios: d.reads + d.writes,
+                p50_ns: histogram::quantile(&d.buckets, 0.5, 0).unwrap_or(0),
+                p99_ns: histogram::quantile(&d.buckets, 0.99, 0).unwrap_or(0),
+                queue_ns: d.queue_ns,
+                device_ns: d.device_ns,
+            });
+        }
+        devices.sort_by_key(|d| std::cmp::Reverse(d.read_bytes + d.write_bytes));
+        DiskProfile {
+            read_bytes: all.read_bytes,
+            write_bytes: all.write_bytes,
+            ios: all.reads + all.writes,
+            wait_ns,
+            p50_ns: histogram::quantile(&all.buckets, 0.5, 0).unwrap_or(0),
+            p99_ns: histogram::quantile(&all.buckets, 0.99, 0).unwrap_or(0),
+            buckets: histogram::nonzero_buckets(&all.buckets),
+            devices,
+        }
+    }
+}
+
+/// Loopback or one of this host's addresses (loopback is what matters for local services).
+fn is_local(address: &str) -> bool {
+    address
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|a| a.is_loopback() || a.is_unspecified())
 }
 
 /// What happened between two cumulative reads; `None` when nothing did.
@@ -227,6 +404,17 @@ fn syscall_profile(
         max_ns,
         buckets: histogram::nonzero_buckets(&delta.buckets),
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 pub fn unix_now_ns() -> u64 {

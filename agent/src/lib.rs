@@ -12,6 +12,7 @@ pub mod config;
 pub mod discovery;
 pub mod error;
 pub mod histogram;
+pub mod host;
 pub mod names;
 pub mod probes;
 pub mod profile;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::probes::GroupStatus;
+use crate::{host::HostUse, probes::GroupStatus};
 
 pub const SCHEMA: &str = "crmprof.profile/v1";
 
@@ -24,6 +24,9 @@ pub struct Host {
     pub hostname: String,
     pub kernel: String,
     pub cpus: u32,
+    /// Resource use over the window (USE method: utilisation and saturation).
+    #[serde(flatten)]
+    pub usage: HostUse,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -74,6 +77,97 @@ pub struct ServiceProfile {
     pub syscalls: Vec<SyscallProfile>,
     /// Failed calls by syscall and errno, most frequent first.
     pub errors: Vec<ErrorProfile>,
+    pub cpu: CpuProfile,
+    /// Off-CPU time of the service's threads by why they blocked.
+    pub offcpu: OffCpuProfile,
+    pub network: NetworkProfile,
+    pub disk: DiskProfile,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CpuProfile {
+    pub on_cpu_ns: u64,
+    /// Runnable but waiting for a CPU (wakeup or preemption → switch-in).
+    pub runqueue_ns: u64,
+    pub runqueue_p50_ns: u64,
+    pub runqueue_p99_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct OffCpuProfile {
+    /// futex waits.
+    pub lock_ns: u64,
+    /// Blocked on sockets (recv/send/connect, reads and writes that sleep interruptibly).
+    pub network_ns: u64,
+    /// Uninterruptible waits in file I/O syscalls (block I/O, including cgroup throttling).
+    pub disk_ns: u64,
+    /// nanosleep / clock_nanosleep.
+    pub sleep_ns: u64,
+    /// Uninterruptible waits outside syscalls (page faults, reclaim).
+    pub memory_ns: u64,
+    /// Waiting for new work: epoll/poll/select/accept.
+    pub idle_ns: u64,
+    pub other_ns: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NetworkProfile {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub connects_failed: u64,
+    pub retransmits: u64,
+    /// Time the service's threads were blocked waiting on sockets (= offcpu.network_ns).
+    pub wait_ns: u64,
+    /// By remote endpoint, busiest first.
+    pub peers: Vec<PeerProfile>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PeerProfile {
+    /// IP address, or "unix".
+    pub address: String,
+    /// Remote port; 0 for inbound connections (clients' ephemeral ports are grouped).
+    pub port: u16,
+    /// The local service listening on that port, when the peer is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    pub connections: u64,
+    pub wait_ns: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DiskProfile {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub ios: u64,
+    /// Time the service's threads were blocked on disk (= offcpu.disk_ns); includes time held by
+    /// an I/O throttle, which the per-request latencies below do not.
+    pub wait_ns: u64,
+    /// Per-request latency, queued → completed.
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    pub buckets: Vec<(u64, u64)>,
+    pub devices: Vec<DeviceProfile>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DeviceProfile {
+    pub name: String,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub ios: u64,
+    pub p50_ns: u64,
+    pub p99_ns: u64,
+    /// Summed time requests spent queued in the block layer before issue.
+    pub queue_ns: u64,
+    /// Summed time requests spent at the device (issue → complete).
+    pub device_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -110,6 +204,7 @@ impl Host {
             hostname: read("/proc/sys/kernel/hostname"),
             kernel: read("/proc/sys/kernel/osrelease"),
             cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            usage: HostUse::default(),
         }
     }
 }

@@ -1,47 +1,127 @@
-//! Kernel struct offsets from the running kernel's BTF. Rust eBPF has no CO-RE relocations, so the
-//! few task_struct fields the programs read are located here and handed to them as globals.
+//! Kernel struct offsets from the running kernel's BTF. Rust eBPF has no CO-RE relocations, so
+//! the few fields the programs read are located here and handed to them in one global.
 
 use std::path::Path;
 
+use agent_ebpf::Offsets;
 use btf_rs::{Btf, Type};
 
 use crate::error::ProbeError;
 
-/// Byte offsets the kernel programs need.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TaskOffsets {
-    pub pid: u32,
-    pub tgid: u32,
-}
+/// A field this kernel does not have.
+pub const MISSING: u32 = u32::MAX;
 
-/// Parses the BTF at `path` (normally `/sys/kernel/btf/vmlinux`) for the offsets.
-pub fn task_offsets(path: &Path) -> Result<TaskOffsets, ProbeError> {
+/// Parses the BTF at `path` (normally `/sys/kernel/btf/vmlinux`). `task_struct.pid/tgid` are
+/// required; other fields are [`MISSING`] when absent, and the groups needing them do not attach.
+pub fn offsets(path: &Path) -> Result<Offsets, ProbeError> {
     let btf = Btf::from_file(path).map_err(|e| ProbeError::Btf {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    let missing = |what: &str| ProbeError::Btf {
-        path: path.to_owned(),
-        reason: format!("{what} not found"),
+    let required = |ty: &str, field: &str| {
+        field_offset(&btf, ty, field).ok_or_else(|| ProbeError::Btf {
+            path: path.to_owned(),
+            reason: format!("{ty}.{field} not found"),
+        })
     };
-    let task = btf
-        .resolve_types_by_name("task_struct")
-        .map_err(|_| missing("struct task_struct"))?
+    let optional = |ty: &str, field: &str| field_offset(&btf, ty, field).unwrap_or(MISSING);
+    Ok(Offsets {
+        task_pid: required("task_struct", "pid")?,
+        task_tgid: required("task_struct", "tgid")?,
+        skc_daddr: optional("sock_common", "skc_daddr"),
+        skc_dport: optional("sock_common", "skc_dport"),
+        skc_num: optional("sock_common", "skc_num"),
+        skc_family: optional("sock_common", "skc_family"),
+        skc_v6_daddr: optional("sock_common", "skc_v6_daddr"),
+        rq_bio: optional("request", "bio"),
+        rq_cmd_flags: optional("request", "cmd_flags"),
+        rq_part: optional("request", "part"),
+        bdev_dev: optional("block_device", "bd_dev"),
+        _pad: 0,
+    })
+}
+
+/// Fields a probe group needs, by name, for reporting what is missing.
+pub fn missing_fields(o: &Offsets, group: &str) -> Vec<&'static str> {
+    let fields: &[(&str, u32)] = match group {
+        "net" => &[
+            ("sock_common.skc_daddr", o.skc_daddr),
+            ("sock_common.skc_dport", o.skc_dport),
+            ("sock_common.skc_num", o.skc_num),
+            ("sock_common.skc_family", o.skc_family),
+            ("sock_common.skc_v6_daddr", o.skc_v6_daddr),
+        ],
+        "disk" => &[
+            ("request.bio", o.rq_bio),
+            ("request.cmd_flags", o.rq_cmd_flags),
+            ("request.part", o.rq_part),
+            ("block_device.bd_dev", o.bdev_dev),
+        ],
+        _ => &[],
+    };
+    fields
+        .iter()
+        .filter(|(_, off)| *off == MISSING)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+/// Byte offset of `field` in `struct ty`, looking through anonymous struct and union members
+/// (`sock_common` keeps most fields in them).
+fn field_offset(btf: &Btf, ty: &str, field: &str) -> Option<u32> {
+    btf.resolve_types_by_name(ty)
+        .ok()?
         .into_iter()
         .find_map(|t| match t {
-            Type::Struct(s) => Some(s),
+            Type::Struct(s) => find_in(btf, &s.members, field, 0),
             _ => None,
         })
-        .ok_or_else(|| missing("struct task_struct"))?;
-    let offset_of = |field: &str| -> Result<u32, ProbeError> {
-        task.members
-            .iter()
-            .find(|m| btf.resolve_name(*m).is_ok_and(|n| n == field))
-            .map(|m| m.bit_offset() / 8)
-            .ok_or_else(|| missing(&format!("task_struct.{field}")))
-    };
-    Ok(TaskOffsets {
-        pid: offset_of("pid")?,
-        tgid: offset_of("tgid")?,
-    })
+}
+
+fn find_in(btf: &Btf, members: &[btf_rs::Member], field: &str, base_bits: u32) -> Option<u32> {
+    for m in members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        let bits = base_bits + m.bit_offset();
+        if name == field {
+            return Some(bits / 8);
+        }
+        if name.is_empty() {
+            let inner = match btf.resolve_chained_type(m).ok()? {
+                Type::Struct(s) | Type::Union(s) => Some(s.members),
+                _ => None,
+            };
+            if let Some(inner) = inner
+                && let Some(off) = find_in(btf, &inner, field, bits)
+            {
+                return Some(off);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads this machine's BTF when there is one: the offsets must be found and plausible.
+    #[test]
+    fn finds_fields_in_anonymous_members() {
+        let path = Path::new("/sys/kernel/btf/vmlinux");
+        if !path.exists() {
+            println!("skipped: no kernel BTF here");
+            return;
+        }
+        let o = offsets(path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            o.task_tgid == o.task_pid + 4,
+            "pid and tgid are adjacent: {o:?}"
+        );
+        assert!(
+            o.skc_dport != MISSING && o.skc_num == o.skc_dport + 2,
+            "{o:?}"
+        );
+        assert!(o.skc_daddr != MISSING && o.skc_family != MISSING, "{o:?}");
+        assert!(missing_fields(&o, "net").is_empty());
+    }
 }

@@ -5,7 +5,10 @@
 //! is missing is reported (with the verifier log) and the others run.
 
 pub mod btf;
+pub mod disk;
+pub mod net;
 pub mod privileges;
+pub mod sched;
 pub mod syscalls;
 
 use std::{collections::BTreeMap, path::Path};
@@ -51,6 +54,34 @@ pub const GROUPS: &[Group] = &[
             (programs::SYS_EXIT, "sys_exit"),
         ],
     },
+    Group {
+        name: "sched",
+        what: "on-CPU, run-queue and off-CPU time by reason per service",
+        programs: &[
+            (programs::SCHED_SWITCH, "sched_switch"),
+            (programs::SCHED_WAKEUP, "sched_wakeup"),
+            (programs::SCHED_WAKEUP_NEW, "sched_wakeup_new"),
+        ],
+    },
+    Group {
+        name: "net",
+        what: "socket bytes, connections, retransmits per service and peer",
+        programs: &[
+            (programs::SOCK_SEND, "sock_send_length"),
+            (programs::SOCK_RECV, "sock_recv_length"),
+            (programs::SOCK_STATE, "inet_sock_set_state"),
+            (programs::TCP_RETRANSMIT, "tcp_retransmit_skb"),
+        ],
+    },
+    Group {
+        name: "disk",
+        what: "block I/O bytes and latency per service and device",
+        programs: &[
+            (programs::BIO_QUEUE, "block_bio_queue"),
+            (programs::RQ_ISSUE, "block_rq_issue"),
+            (programs::RQ_COMPLETE, "block_rq_complete"),
+        ],
+    },
 ];
 
 /// What happened to one group at load and attach.
@@ -84,15 +115,16 @@ impl Probes {
     /// Checks privileges and BTF, loads the object and attaches every group it can.
     pub fn load(opts: &LoadOptions<'_>) -> Result<Self, ProbeError> {
         privileges::require_bpf()?;
-        let offsets = btf::task_offsets(opts.btf_path)?;
+        let offsets = btf::offsets(opts.btf_path)?;
         let pid_max = read_pid_max();
         raise_memlock_rlimit();
         let agent_tgid = std::process::id();
         let report_all_execs = u32::from(opts.report_all_execs);
+        let ephemeral_min = read_ephemeral_port_min();
         let mut ebpf = EbpfLoader::new()
-            .override_global(globals::TASK_PID_OFFSET, &offsets.pid, true)
-            .override_global(globals::TASK_TGID_OFFSET, &offsets.tgid, true)
+            .override_global(globals::OFFSETS, &offsets, true)
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
+            .override_global(globals::EPHEMERAL_PORT_MIN, &ephemeral_min, true)
             .override_global(globals::REPORT_ALL_EXECS, &report_all_execs, true)
             // One element per four tgids, one start slot per tid: see the map comments.
             .map_max_entries(maps::PID_SERVICE, pid_max.div_ceil(4))
@@ -100,9 +132,24 @@ impl Probes {
             .load(EBPF_OBJECT)
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
 
+        sched::fill_syscall_classes(&mut ebpf)?;
         let mut status = BTreeMap::new();
         for group in GROUPS {
-            status.insert(group.name, attach_group(&mut ebpf, group));
+            let missing = btf::missing_fields(&offsets, group.name);
+            let result = if missing.is_empty() {
+                attach_group(&mut ebpf, group)
+            } else {
+                GroupStatus {
+                    status: "failed",
+                    attach_points: Vec::new(),
+                    error: Some(format!(
+                        "this kernel's BTF lacks {}; the group is not attached",
+                        missing.join(", ")
+                    )),
+                    verifier_log: None,
+                }
+            };
+            status.insert(group.name, result);
         }
         if status.values().all(|s| s.status != "attached") {
             let why = status
@@ -209,6 +256,10 @@ impl Probes {
     pub(crate) fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }
+
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
 }
 
 /// The stable name of a counter in profiles and `crmprof check`.
@@ -221,7 +272,14 @@ pub fn counter_name(counter: Counter) -> &'static str {
         Counter::UnmatchedExit => "syscall_in_flight_at_attach",
         Counter::ForkInherited => "forks_inherited",
         Counter::ExecMatched => "execs_matched",
-        Counter::DropTaskReadFailed => "task_read_failed",
+        Counter::DropTaskReadFailed => "kernel_read_failed",
+        Counter::DropThreadsFull => "threads_map_full",
+        Counter::DropSchedStatsFull => "sched_stats_map_full",
+        Counter::DropNetStatsFull => "net_stats_map_full",
+        Counter::DropPeersFull => "peers_map_full",
+        Counter::DropSockOwnerFull => "socket_owner_map_full",
+        Counter::DropBlockTrackFull => "block_tracking_map_full",
+        Counter::DropDiskStatsFull => "disk_stats_map_full",
     }
 }
 
@@ -289,7 +347,7 @@ where
     })
 }
 
-fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+pub(crate) fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, ProbeError>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -301,6 +359,14 @@ where
         name,
         reason: e.to_string(),
     })
+}
+
+/// The first port of `net.ipv4.ip_local_port_range`: clients' ephemeral ports start there.
+fn read_ephemeral_port_min() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
 }
 
 /// `kernel.pid_max`, which bounds every pid and tid; the default when unreadable.

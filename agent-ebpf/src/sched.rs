@@ -1,0 +1,296 @@
+//! Scheduler time per selected thread: on CPU, waiting on the run queue, and off CPU by reason —
+//! Brendan Gregg's thread-state analysis, in the kernel.
+//!
+//! sched_switch fires on every context switch of the host, so it exits early: the outgoing task
+//! is `current` (one inlined selection lookup), the incoming one costs one field read and one
+//! hash lookup of its tid in `THREADS`, which holds selected threads only.
+
+use agent_ebpf::{
+    Counter, NO_SERVICE, PeerKey, SchedStats, ThreadState, hist, offcpu, start, syscall_class,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, raw_tracepoint},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    programs::RawTracePointContext,
+};
+
+use crate::{
+    selection::{count, offsets, read_field, service_of},
+    syscalls::SYSCALL_START,
+};
+
+const NO_PREALLOC: u32 = 1;
+
+/// `TASK_UNINTERRUPTIBLE`: a D-state sleep (block I/O, page faults, kernel mutexes).
+const TASK_UNINTERRUPTIBLE: u64 = 0x2;
+/// `TASK_DEAD`: the task's final switch-out.
+const TASK_DEAD: u64 = 0x80;
+
+/// 16384 selected threads; resizable at load. A full map is counted, never silent.
+#[map(name = "THREADS")]
+pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(16384, 0);
+
+#[map(name = "SCHED_STATS")]
+static SCHED_STATS: PerCpuHashMap<u32, SchedStats> =
+    PerCpuHashMap::with_max_entries(1024, NO_PREALLOC);
+
+#[map(name = "ZERO_SCHED")]
+static ZERO_SCHED: PerCpuArray<SchedStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Syscall number → `syscall_class`, filled by the agent from syscall names at load.
+#[map(name = "SYSCALL_CLASS")]
+static SYSCALL_CLASS: Array<u32> = Array::with_max_entries(512, 0);
+
+/// `[0]`: when the current window started (monotonic ns), written by the agent.
+#[map(name = "WINDOW")]
+static WINDOW: Array<u64> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+fn window_start() -> u64 {
+    WINDOW.get(0).copied().unwrap_or(0)
+}
+
+/// Time since `since`, but only the part inside the current window: the agent has already
+/// accounted the part before it.
+#[inline(always)]
+fn in_window(now: u64, since: u64) -> u64 {
+    let from = if since > window_start() {
+        since
+    } else {
+        window_start()
+    };
+    now.saturating_sub(from)
+}
+
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: bpf_ktime_get_ns has no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn stats_of(service: u32) -> Option<*mut SchedStats> {
+    if let Some(s) = SCHED_STATS.get_ptr_mut(service) {
+        return Some(s);
+    }
+    let zero = ZERO_SCHED.get(0)?;
+    if SCHED_STATS.insert(service, zero, 1).is_err() && SCHED_STATS.get_ptr_mut(service).is_none() {
+        count(Counter::DropSchedStatsFull);
+        return None;
+    }
+    SCHED_STATS.get_ptr_mut(service)
+}
+
+/// The state of a selected thread, created on first sight.
+#[inline(always)]
+pub fn thread_of(tid: u32, service: u32) -> Option<*mut ThreadState> {
+    if let Some(t) = THREADS.get_ptr_mut(tid) {
+        return Some(t);
+    }
+    let fresh = ThreadState {
+        service,
+        ..ThreadState::default()
+    };
+    if THREADS.insert(tid, fresh, 1).is_err() && THREADS.get_ptr_mut(tid).is_none() {
+        count(Counter::DropThreadsFull);
+        return None;
+    }
+    THREADS.get_ptr_mut(tid)
+}
+
+/// Why a thread that is switching out voluntarily blocks: the syscall it is in, and whether the
+/// sleep is uninterruptible (D state: block I/O, page faults) or interruptible (sockets, pipes,
+/// futexes, timers).
+#[inline(always)]
+fn reason(tid: u32, state: u64) -> u32 {
+    let d_state = state & TASK_UNINTERRUPTIBLE != 0;
+    let packed = SYSCALL_START.get(tid).copied().unwrap_or(0);
+    if packed == 0 {
+        // Not in a syscall: a D-state sleep is a page fault or reclaim.
+        return if d_state {
+            offcpu::MEMORY
+        } else {
+            offcpu::OTHER
+        } as u32;
+    }
+    let nr = (packed & start::NR_MASK) as u32;
+    let class = SYSCALL_CLASS
+        .get(nr)
+        .copied()
+        .unwrap_or(syscall_class::OTHER);
+    (match class {
+        syscall_class::LOCK => offcpu::LOCK,
+        syscall_class::SLEEP => offcpu::SLEEP,
+        syscall_class::WAIT_FOR_WORK => offcpu::IDLE,
+        syscall_class::NET => offcpu::NETWORK,
+        syscall_class::IO if d_state => offcpu::DISK,
+        syscall_class::IO => offcpu::NETWORK,
+        _ if d_state => offcpu::DISK,
+        _ => offcpu::OTHER,
+    }) as u32
+}
+
+/// Ends an off-CPU interval: its time goes to its reason (and, for network waits, to the peer
+/// the thread last talked to).
+#[inline(always)]
+fn end_offcpu(t: *mut ThreadState, now: u64) {
+    // SAFETY: `t` points at a live THREADS value; only this thread's events touch it.
+    let (since, r, service, peer) = unsafe {
+        (
+            (*t).offcpu_since,
+            (*t).reason as usize,
+            (*t).service,
+            (*t).peer,
+        )
+    };
+    if since == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*t).offcpu_since = 0 };
+    let took = in_window(now, since);
+    if let Some(s) = stats_of(service)
+        && r < offcpu::COUNT
+    {
+        // SAFETY: this CPU's value of a per-CPU hash entry.
+        unsafe {
+            (*s).offcpu_ns[r] += took;
+            (*s).offcpu_count[r] += 1;
+        }
+    }
+    if r == offcpu::NETWORK && peer.family != 0 {
+        crate::net::add_peer_wait(&peer, took);
+    }
+}
+
+// sched:sched_switch — TP_PROTO(bool preempt, struct task_struct *prev,
+//                               struct task_struct *next, unsigned int prev_state)
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
+    match try_switch(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_switch(ctx: &RawTracePointContext) -> Result<(), ()> {
+    let now = now_ns();
+    let id = bpf_get_current_pid_tgid();
+    let tid = id as u32;
+    let service = service_of((id >> 32) as u32);
+    if service != NO_SERVICE && tid != 0 {
+        let preempt: u64 = ctx.arg(0);
+        let state: u64 = ctx.arg(3);
+        switch_out(tid, u32::from(service), preempt & 0xff != 0, state, now);
+    }
+    let next: *const u8 = ctx.arg(2);
+    let next_tid: u32 = read_field(next, offsets().task_pid)?;
+    if next_tid != 0
+        && let Some(t) = THREADS.get_ptr_mut(next_tid)
+    {
+        switch_in(t, now);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn switch_out(tid: u32, service: u32, preempt: bool, state: u64, now: u64) {
+    let Some(t) = thread_of(tid, service) else {
+        return;
+    };
+    let Some(s) = stats_of(service) else {
+        return;
+    };
+    // SAFETY: `t` is this thread's THREADS value, `s` this CPU's stats value.
+    unsafe {
+        (*t).service = service;
+        if (*t).oncpu_since != 0 {
+            (*s).on_cpu_ns += in_window(now, (*t).oncpu_since);
+            (*t).oncpu_since = 0;
+        }
+        if state & TASK_DEAD != 0 {
+            forget_thread(tid);
+        } else if preempt || state == 0 {
+            // Still runnable: the wait for a CPU starts now.
+            (*s).involuntary_switches += 1;
+            (*t).runnable_since = now;
+        } else {
+            (*s).voluntary_switches += 1;
+            (*t).offcpu_since = now;
+            (*t).reason = reason(tid, state);
+        }
+    }
+}
+
+#[inline(always)]
+fn switch_in(t: *mut ThreadState, now: u64) {
+    // A wakeup we did not see (before attach, or from a path without sched_wakeup) still ends
+    // the off-CPU interval here.
+    end_offcpu(t, now);
+    // SAFETY: `t` points at a live THREADS value.
+    let (service, runnable_since) = unsafe { ((*t).service, (*t).runnable_since) };
+    if runnable_since != 0
+        && let Some(s) = stats_of(service)
+    {
+        let latency = now.saturating_sub(runnable_since);
+        let b = hist::bucket(latency);
+        // SAFETY: this CPU's stats value; `b` is bounded by `hist::bucket`.
+        unsafe {
+            (*s).runqueue_ns += in_window(now, runnable_since);
+            if b < hist::BUCKETS {
+                (*s).runqueue_buckets[b] += 1;
+            }
+        }
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*t).runnable_since = 0;
+        (*t).oncpu_since = now;
+    }
+}
+
+// sched:sched_wakeup and sched:sched_wakeup_new — TP_PROTO(struct task_struct *p)
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
+    match try_wakeup(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup_new")]
+pub fn sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
+    match try_wakeup(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_wakeup(ctx: &RawTracePointContext) -> Result<(), ()> {
+    let task: *const u8 = ctx.arg(0);
+    let tid: u32 = read_field(task, offsets().task_pid)?;
+    let t = THREADS.get_ptr_mut(tid).ok_or(())?;
+    let now = now_ns();
+    end_offcpu(t, now);
+    // SAFETY: `t` points at a live THREADS value.
+    unsafe {
+        if (*t).oncpu_since == 0 {
+            (*t).runnable_since = now;
+        }
+    }
+    Ok(())
+}
+
+/// Remembers the peer a selected thread last used, for attributing its network waits.
+#[inline(always)]
+pub fn set_last_peer(tid: u32, service: u32, peer: &PeerKey) {
+    if let Some(t) = thread_of(tid, service) {
+        // SAFETY: this thread's THREADS value.
+        unsafe { (*t).peer = *peer };
+    }
+}
+
+#[inline(always)]
+pub fn forget_thread(tid: u32) {
+    let _ = THREADS.remove(tid);
+}

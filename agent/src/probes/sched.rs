@@ -1,0 +1,191 @@
+//! Reading the sched group: per-service scheduler stats, plus the intervals still open at the
+//! end of a window (a thread spinning on an idle CPU may not switch out for seconds; a sleeping
+//! one may not wake), which the kernel only accounts when they end.
+
+use std::collections::HashMap;
+
+use agent_ebpf::{SchedStats, ThreadState, hist, maps, offcpu, syscall_class};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap},
+};
+
+use super::{Probes, map_mut, map_ref};
+use crate::{error::ProbeError, names::syscall_name};
+
+/// One service's scheduler totals, summed over CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Totals {
+    pub on_cpu_ns: u64,
+    pub runqueue_ns: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub offcpu_ns: [u64; offcpu::COUNT],
+    pub offcpu_count: [u64; offcpu::COUNT],
+    pub runqueue_buckets: Vec<u64>,
+}
+
+impl Default for Totals {
+    fn default() -> Self {
+        Self {
+            on_cpu_ns: 0,
+            runqueue_ns: 0,
+            voluntary_switches: 0,
+            involuntary_switches: 0,
+            offcpu_ns: [0; offcpu::COUNT],
+            offcpu_count: [0; offcpu::COUNT],
+            runqueue_buckets: vec![0; hist::BUCKETS],
+        }
+    }
+}
+
+impl Totals {
+    fn add(&mut self, s: &SchedStats) {
+        self.on_cpu_ns += s.on_cpu_ns;
+        self.runqueue_ns += s.runqueue_ns;
+        self.voluntary_switches += s.voluntary_switches;
+        self.involuntary_switches += s.involuntary_switches;
+        for i in 0..offcpu::COUNT {
+            self.offcpu_ns[i] += s.offcpu_ns[i];
+            self.offcpu_count[i] += s.offcpu_count[i];
+        }
+        for (sum, n) in self
+            .runqueue_buckets
+            .iter_mut()
+            .zip(s.runqueue_buckets.iter())
+        {
+            *sum += n;
+        }
+    }
+
+    /// `self - before`, saturating (a service's entry never shrinks).
+    pub fn minus(&self, before: &Totals) -> Totals {
+        let mut d = Totals {
+            on_cpu_ns: self.on_cpu_ns.saturating_sub(before.on_cpu_ns),
+            runqueue_ns: self.runqueue_ns.saturating_sub(before.runqueue_ns),
+            voluntary_switches: self
+                .voluntary_switches
+                .saturating_sub(before.voluntary_switches),
+            involuntary_switches: self
+                .involuntary_switches
+                .saturating_sub(before.involuntary_switches),
+            ..Totals::default()
+        };
+        for i in 0..offcpu::COUNT {
+            d.offcpu_ns[i] = self.offcpu_ns[i].saturating_sub(before.offcpu_ns[i]);
+            d.offcpu_count[i] = self.offcpu_count[i].saturating_sub(before.offcpu_count[i]);
+        }
+        for (i, b) in d.runqueue_buckets.iter_mut().enumerate() {
+            *b = self.runqueue_buckets[i].saturating_sub(before.runqueue_buckets[i]);
+        }
+        d
+    }
+}
+
+/// Cumulative per-service stats.
+pub fn read(probes: &Probes) -> Result<HashMap<u32, Totals>, ProbeError> {
+    let map: PerCpuHashMap<&MapData, u32, SchedStats> = map_ref(probes.ebpf(), maps::SCHED_STATS)?;
+    let mut out = HashMap::new();
+    for entry in map.iter() {
+        let (service, per_cpu) = entry.map_err(|e| ProbeError::MapRead {
+            name: maps::SCHED_STATS,
+            reason: e.to_string(),
+        })?;
+        let t: &mut Totals = out.entry(service).or_default();
+        for cpu in per_cpu.iter() {
+            t.add(cpu);
+        }
+    }
+    Ok(out)
+}
+
+/// Time of the intervals still open at `now` (monotonic ns), from `window_start` on, per
+/// service: (on CPU, run queue, off CPU by reason).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Open {
+    pub on_cpu_ns: u64,
+    pub runqueue_ns: u64,
+    pub offcpu_ns: [u64; offcpu::COUNT],
+}
+
+pub fn open_intervals(
+    probes: &Probes,
+    window_start: u64,
+    now: u64,
+) -> Result<HashMap<u32, Open>, ProbeError> {
+    let map: BpfHashMap<&MapData, u32, ThreadState> = map_ref(probes.ebpf(), maps::THREADS)?;
+    let since = |t: u64| now.saturating_sub(t.max(window_start));
+    let mut out: HashMap<u32, Open> = HashMap::new();
+    // Entries vanish while we iterate (threads exit); a failed read of one is skipped.
+    for (_, t) in map.iter().filter_map(Result::ok) {
+        let open = out.entry(t.service).or_default();
+        if t.oncpu_since != 0 {
+            open.on_cpu_ns += since(t.oncpu_since);
+        }
+        if t.runnable_since != 0 {
+            open.runqueue_ns += since(t.runnable_since);
+        }
+        if t.offcpu_since != 0 && (t.reason as usize) < offcpu::COUNT {
+            open.offcpu_ns[t.reason as usize] += since(t.offcpu_since);
+        }
+    }
+    Ok(out)
+}
+
+/// Tells the kernel a new window starts at `start` (monotonic ns): intervals ending later count
+/// only from there.
+pub fn start_window(probes: &mut Probes, start: u64) -> Result<(), ProbeError> {
+    let mut map: Array<&mut MapData, u64> = map_mut(probes.ebpf_mut(), maps::WINDOW)?;
+    map.set(0, start, 0).map_err(|e| ProbeError::MapWrite {
+        name: maps::WINDOW,
+        reason: e.to_string(),
+    })
+}
+
+/// The class of each syscall, by name (x86_64).
+pub fn class_of(name: &str) -> u32 {
+    match name {
+        "futex" | "futex_waitv" | "futex_wait" | "futex_requeue" => syscall_class::LOCK,
+        "nanosleep" | "clock_nanosleep" => syscall_class::SLEEP,
+        "epoll_wait" | "epoll_pwait" | "epoll_pwait2" | "poll" | "ppoll" | "select"
+        | "pselect6" | "accept" | "accept4" | "pause" | "rt_sigsuspend" | "rt_sigtimedwait"
+        | "io_uring_enter" | "msgrcv" | "semop" | "semtimedop" => syscall_class::WAIT_FOR_WORK,
+        "recvfrom" | "recvmsg" | "recvmmsg" | "sendto" | "sendmsg" | "sendmmsg" | "connect"
+        | "shutdown" => syscall_class::NET,
+        "read" | "write" | "readv" | "writev" | "pread64" | "pwrite64" | "preadv" | "pwritev"
+        | "preadv2" | "pwritev2" | "fsync" | "fdatasync" | "sync_file_range" | "sync"
+        | "syncfs" | "sendfile" | "splice" | "copy_file_range" | "io_getevents"
+        | "io_pgetevents" | "io_submit" | "openat" | "open" | "close" | "fallocate"
+        | "ftruncate" | "truncate" => syscall_class::IO,
+        _ => syscall_class::OTHER,
+    }
+}
+
+pub(super) fn fill_syscall_classes(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let mut map: Array<&mut MapData, u32> = map_mut(ebpf, maps::SYSCALL_CLASS)?;
+    for nr in 0..map.len() {
+        let class = class_of(&syscall_name(nr));
+        if class != syscall_class::OTHER {
+            map.set(nr, class, 0).map_err(|e| ProbeError::MapWrite {
+                name: maps::SYSCALL_CLASS,
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_classified_by_what_they_wait_for() {
+        assert_eq!(class_of("futex"), syscall_class::LOCK);
+        assert_eq!(class_of("clock_nanosleep"), syscall_class::SLEEP);
+        assert_eq!(class_of("epoll_wait"), syscall_class::WAIT_FOR_WORK);
+        assert_eq!(class_of("recvfrom"), syscall_class::NET);
+        assert_eq!(class_of("pwrite64"), syscall_class::IO);
+        assert_eq!(class_of("getpid"), syscall_class::OTHER);
+    }
+}
