@@ -65,7 +65,12 @@ pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     pub fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("crmprof-test-{tag}-{}", std::process::id()));
+        Self::in_dir(&std::env::temp_dir().to_string_lossy(), tag)
+    }
+
+    /// A scratch directory under `parent`.
+    pub fn in_dir(parent: &str, tag: &str) -> Self {
+        let dir = Path::new(parent).join(format!("crmprof-test-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating a scratch directory");
         Self(dir)
@@ -83,27 +88,62 @@ impl Drop for Scratch {
 pub struct Workload {
     pub child: Child,
     stdin: Option<ChildStdin>,
+    stdout: Option<BufReader<std::process::ChildStdout>>,
 }
 
 impl Workload {
     /// Starts `workload ARGS` as `name`. With `wait`, it blocks until [`Workload::release`].
     pub fn start(scratch: &Scratch, name: &str, wait: bool, args: &[&str]) -> Self {
+        Self::start_in(scratch, &[], name, wait, args)
+    }
+
+    /// As [`Workload::start`], run through `wrapper` (e.g. `ip netns exec NS`).
+    pub fn start_in(
+        scratch: &Scratch,
+        wrapper: &[&str],
+        name: &str,
+        wait: bool,
+        args: &[&str],
+    ) -> Self {
         assert!(name.len() <= 15, "comm names are at most 15 bytes");
         let link = scratch.0.join(name);
         if !link.exists() {
             symlink(workload_bin(), &link).expect("linking the workload");
         }
-        let mut cmd = Command::new(&link);
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&link);
+                c
+            }
+            None => Command::new(&link),
+        };
         if wait {
             cmd.arg("--wait");
         }
         let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
             .spawn()
             .expect("starting the workload");
         let stdin = child.stdin.take();
-        Self { child, stdin }
+        let stdout = child.stdout.take().map(BufReader::new);
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The next line the workload prints (a port, a byte count).
+    pub fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        if let Some(out) = self.stdout.as_mut() {
+            out.read_line(&mut line)
+                .expect("reading the workload's output");
+        }
+        line.trim().to_owned()
     }
 
     pub fn pid(&self) -> u32 {
@@ -233,4 +273,47 @@ pub fn parse_profile(stdout: &str) -> Value {
         .unwrap_or_else(|e| panic!("crmprof printed no JSON document ({e}):\n{stdout}"));
     validate_profile(&doc);
     doc
+}
+
+/// The share of a service's non-idle thread time spent in each state: on CPU, run queue, and
+/// each off-CPU reason except idle.
+pub fn time_shares(service: &Value) -> Vec<(String, f64)> {
+    let n = |v: &Value| v.as_u64().unwrap_or(0) as f64;
+    let mut parts = vec![
+        ("on_cpu".to_owned(), n(&service["cpu"]["on_cpu_ns"])),
+        ("runqueue".to_owned(), n(&service["cpu"]["runqueue_ns"])),
+    ];
+    for reason in ["lock", "network", "disk", "sleep", "memory", "other"] {
+        parts.push((
+            reason.to_owned(),
+            n(&service["offcpu"][format!("{reason}_ns")]),
+        ));
+    }
+    let total: f64 = parts.iter().map(|(_, v)| v).sum();
+    parts
+        .into_iter()
+        .map(|(k, v)| (k, if total > 0.0 { v / total } else { 0.0 }))
+        .collect()
+}
+
+/// The state with the largest share, and that share.
+pub fn dominant(service: &Value) -> (String, f64) {
+    time_shares(service)
+        .into_iter()
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or_default()
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(cmd: &str) {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .expect("running sh");
+    assert!(
+        out.status.success(),
+        "{cmd} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -1,10 +1,35 @@
-//! Workloads with a known truth, for the integration tests. Each makes exactly the syscalls it
-//! is asked for; with `--wait` it first blocks on one byte of stdin, so a test can start the
-//! agent in between and count only what follows.
+//! Workloads with a known truth, for the integration tests. Each makes exactly the calls it is
+//! asked for; with `--wait` it first blocks on one byte of stdin, so a test can start the agent
+//! (or move it into a cgroup) in between and count only what follows.
 //!
-//! usage: workload [--wait] sleep N MICROS | fail-open N | spin SECONDS
+//! usage: workload [--wait] MODE ARGS...
+//!   sleep N MICROS            N clock_nanosleep calls
+//!   fail-open N               N openat calls failing with ENOENT
+//!   spin CPU_MILLIS THREADS   each thread burns CPU_MILLIS of its own CPU time
+//!   spin-wall MILLIS THREADS  each thread spins for MILLIS of wall time
+//!   mutex MILLIS THREADS      threads contend on one mutex, each holding it ~1 ms at a time
+//!   tcp-sink ADDR             listen on ADDR (port 0: any), print the port, read one
+//!                             connection to EOF, print the byte count
+//!   tcp-source ADDR BYTES     connect, write exactly BYTES, close
+//!   slow-server ADDR DELAY_MS N  answer N one-byte requests after DELAY_MS each
+//!   slow-client ADDR N        N request/response round trips
+//!   dio-write PATH BYTES      O_DIRECT writes of 1 MiB, then fsync
+//!   dio-read PATH BYTES       O_DIRECT reads of 1 MiB
 
-use std::{ffi::CString, io::Read as _, process::ExitCode};
+use std::{
+    ffi::CString,
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::{fd::AsRawFd as _, unix::fs::OpenOptionsExt as _},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+const USAGE: &str = "usage: workload [--wait] sleep N MICROS | fail-open N | spin CPU_MS THREADS \
+                     | spin-wall MS THREADS | mutex MS THREADS | tcp-sink ADDR \
+                     | tcp-source ADDR BYTES | slow-server ADDR DELAY_MS N \
+                     | slow-client ADDR N | dio-write PATH BYTES | dio-read PATH BYTES";
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -14,9 +39,31 @@ fn main() -> ExitCode {
         // Returns on a byte or on EOF: either releases the workload.
         let _ = std::io::stdin().read(&mut byte);
     }
-    let arg = |i: usize| args.get(i).and_then(|s| s.parse::<u64>().ok());
-    match (args.first().map(String::as_str), arg(1), arg(2)) {
-        (Some("sleep"), Some(n), Some(micros)) => {
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("workload: {e}\n{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn num(args: &[String], i: usize) -> Result<u64, String> {
+    args.get(i)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("argument {i} must be a number"))
+}
+
+fn text(args: &[String], i: usize) -> Result<&str, String> {
+    args.get(i)
+        .map(String::as_str)
+        .ok_or_else(|| format!("argument {i} is missing"))
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    match text(args, 0)? {
+        "sleep" => {
+            let (n, micros) = (num(args, 1)?, num(args, 2)?);
             let ts = libc::timespec {
                 tv_sec: (micros / 1_000_000) as libc::time_t,
                 tv_nsec: ((micros % 1_000_000) * 1_000) as libc::c_long,
@@ -28,25 +75,178 @@ fn main() -> ExitCode {
                 };
             }
         }
-        (Some("fail-open"), Some(n), _) => {
-            let Ok(path) = CString::new("/nonexistent-crmprof-test/file") else {
-                return ExitCode::FAILURE;
-            };
+        "fail-open" => {
+            let n = num(args, 1)?;
+            let path = CString::new("/nonexistent-crmprof-test/file").map_err(|e| e.to_string())?;
             for _ in 0..n {
                 // SAFETY: a valid NUL-terminated path; the call fails with ENOENT.
                 unsafe { libc::openat(libc::AT_FDCWD, path.as_ptr(), libc::O_RDONLY) };
             }
         }
-        (Some("spin"), Some(secs), _) => {
-            let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-            while std::time::Instant::now() < end {
-                std::hint::spin_loop();
+        "spin" => {
+            let (millis, threads) = (num(args, 1)?, num(args, 2)?);
+            in_threads(threads, move || spin_cpu(Duration::from_millis(millis)));
+        }
+        "spin-wall" => {
+            let (millis, threads) = (num(args, 1)?, num(args, 2)?);
+            in_threads(threads, move || {
+                let end = Instant::now() + Duration::from_millis(millis);
+                while Instant::now() < end {
+                    std::hint::spin_loop();
+                }
+            });
+        }
+        "mutex" => {
+            let (millis, threads) = (num(args, 1)?, num(args, 2)?);
+            let lock = Arc::new(Mutex::new(0u64));
+            let end = Instant::now() + Duration::from_millis(millis);
+            in_threads(threads, move || {
+                while Instant::now() < end {
+                    let mut held = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let until = Instant::now() + Duration::from_millis(1);
+                    while Instant::now() < until {
+                        *held += 1;
+                    }
+                }
+            });
+        }
+        "tcp-sink" => {
+            let listener = TcpListener::bind(text(args, 1)?).map_err(|e| e.to_string())?;
+            let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+            println!("{port}");
+            std::io::stdout().flush().map_err(|e| e.to_string())?;
+            let (mut conn, _) = listener.accept().map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 1 << 16];
+            let mut total = 0u64;
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            println!("{total}");
+        }
+        "tcp-source" => {
+            let (addr, bytes) = (text(args, 1)?, num(args, 2)?);
+            let mut conn = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+            let buf = vec![0x5au8; 1 << 16];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(buf.len() as u64) as usize;
+                conn.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+                left -= n as u64;
+            }
+            conn.shutdown(std::net::Shutdown::Both)
+                .map_err(|e| e.to_string())?;
+        }
+        "slow-server" => {
+            let (addr, delay, n) = (text(args, 1)?, num(args, 2)?, num(args, 3)?);
+            let listener = TcpListener::bind(addr).map_err(|e| e.to_string())?;
+            let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+            println!("{port}");
+            std::io::stdout().flush().map_err(|e| e.to_string())?;
+            let (mut conn, _) = listener.accept().map_err(|e| e.to_string())?;
+            let mut byte = [0u8; 1];
+            for _ in 0..n {
+                conn.read_exact(&mut byte).map_err(|e| e.to_string())?;
+                std::thread::sleep(Duration::from_millis(delay));
+                conn.write_all(&byte).map_err(|e| e.to_string())?;
             }
         }
-        _ => {
-            eprintln!("usage: workload [--wait] sleep N MICROS | fail-open N | spin SECONDS");
-            return ExitCode::from(2);
+        "slow-client" => {
+            let (addr, n) = (text(args, 1)?, num(args, 2)?);
+            let mut conn = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+            let mut byte = [1u8; 1];
+            for _ in 0..n {
+                conn.write_all(&byte).map_err(|e| e.to_string())?;
+                conn.read_exact(&mut byte).map_err(|e| e.to_string())?;
+            }
+        }
+        "dio-write" | "dio-read" => {
+            let (path, bytes) = (text(args, 1)?, num(args, 2)?);
+            direct_io(path, bytes, args[0] == "dio-write")?;
+        }
+        other => return Err(format!("unknown mode {other}")),
+    }
+    Ok(())
+}
+
+fn in_threads(n: u64, work: impl Fn() + Send + Sync + 'static) {
+    let work = Arc::new(work);
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let work = Arc::clone(&work);
+            std::thread::spawn(move || work())
+        })
+        .collect();
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+/// Burns `cpu` of this thread's own CPU time, however long that takes in wall time.
+fn spin_cpu(cpu: Duration) {
+    let thread_cpu = || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes a valid timespec.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    };
+    let start = thread_cpu();
+    while thread_cpu() - start < cpu {
+        for _ in 0..1000 {
+            std::hint::spin_loop();
         }
     }
-    ExitCode::SUCCESS
+}
+
+/// O_DIRECT I/O of `bytes` in 1 MiB blocks from a 4 KiB-aligned buffer, then fsync.
+fn direct_io(path: &str, bytes: u64, write: bool) -> Result<(), String> {
+    const BLOCK: usize = 1 << 20;
+    let layout = std::alloc::Layout::from_size_align(BLOCK, 4096).map_err(|e| e.to_string())?;
+    // SAFETY: a non-zero-sized layout; the buffer is freed below.
+    let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+    if buf.is_null() {
+        return Err("out of memory".into());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(write)
+        .create(write)
+        .truncate(false)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(|e| format!("{path}: {e}"))?;
+    let fd = file.as_raw_fd();
+    let mut done = 0u64;
+    let mut result = Ok(());
+    while done < bytes {
+        let n = (bytes - done).min(BLOCK as u64) as usize;
+        // SAFETY: `buf` holds BLOCK bytes; `n` ≤ BLOCK; the offset is block-aligned.
+        let r = unsafe {
+            if write {
+                libc::pwrite(fd, buf.cast(), n, done as libc::off_t)
+            } else {
+                libc::pread(fd, buf.cast(), n, done as libc::off_t)
+            }
+        };
+        if r <= 0 {
+            result = Err(format!(
+                "{path}: I/O failed at {done}: {}",
+                std::io::Error::last_os_error()
+            ));
+            break;
+        }
+        done += r as u64;
+    }
+    if write && result.is_ok() {
+        file.sync_all().map_err(|e| e.to_string())?;
+    }
+    // SAFETY: allocated above with the same layout.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    result
 }

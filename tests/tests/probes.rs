@@ -1,0 +1,381 @@
+//! The socket, disk and scheduler probes against workloads whose truth is known.
+#![expect(clippy::expect_used, reason = "tests panic with a message")]
+
+use std::{os::unix::fs::MetadataExt as _, time::Duration};
+
+use integration_tests::{
+    Agent, Scratch, Workload, dominant, parse_profile, privileged, service, sh, time_shares,
+};
+use serde_json::Value;
+
+fn tag(prefix: &str) -> String {
+    format!("{prefix}{}", std::process::id() % 100_000)
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+fn svc<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    service(doc, name).unwrap_or_else(|| panic!("no service {name} in {doc:#}"))
+}
+
+fn within(actual: u64, expected: u64, tolerance: f64) -> bool {
+    (actual as f64 - expected as f64).abs() <= expected as f64 * tolerance
+}
+
+/// Moves `bytes` from a source to a sink (the sink optionally in a network namespace) and
+/// checks both sides within 1%.
+fn transfer(scratch: &Scratch, wrapper: &[&str], bind: &str, connect_host: &str, bytes: u64) {
+    let (sink_name, source_name) = (tag("snk"), tag("src"));
+    let agent = Agent::start(&[
+        "profile",
+        "--duration",
+        "120s",
+        "--comm",
+        &sink_name,
+        "--comm",
+        &source_name,
+    ]);
+    let mut sink = Workload::start_in(scratch, wrapper, &sink_name, false, &["tcp-sink", bind]);
+    let port = sink.read_line();
+    let mut source = Workload::start(
+        scratch,
+        &source_name,
+        false,
+        &[
+            "tcp-source",
+            &format!("{connect_host}:{port}"),
+            &bytes.to_string(),
+        ],
+    );
+    source.wait_success();
+    let received: u64 = sink
+        .read_line()
+        .parse()
+        .expect("the sink prints its byte count");
+    sink.wait_success();
+    assert_eq!(received, bytes, "the transfer itself is exact");
+    let doc = parse_profile(&agent.interrupt_and_output());
+
+    let tx = u(&svc(&doc, &source_name)["network"]["tx_bytes"]);
+    let rx = u(&svc(&doc, &sink_name)["network"]["rx_bytes"]);
+    assert!(
+        within(tx, bytes, 0.01),
+        "sender tx_bytes {tx}, sent {bytes}"
+    );
+    assert!(
+        within(rx, bytes, 0.01),
+        "receiver rx_bytes {rx}, received {bytes}"
+    );
+    let peers = svc(&doc, &source_name)["network"]["peers"]
+        .as_array()
+        .expect("peers");
+    let peer = peers
+        .iter()
+        .find(|p| p["port"].to_string() == port)
+        .unwrap_or_else(|| panic!("no peer on port {port}: {peers:#?}"));
+    assert_eq!(peer["address"], connect_host);
+    assert!(within(u(&peer["tx_bytes"]), bytes, 0.01), "{peer:#}");
+    assert_eq!(u(&peer["connections"]), 1, "{peer:#}");
+    assert_eq!(
+        u(&svc(&doc, &source_name)["network"]["connections_opened"]),
+        1
+    );
+    assert_eq!(
+        u(&svc(&doc, &sink_name)["network"]["connections_opened"]),
+        1
+    );
+}
+
+#[test]
+fn loopback_transfer_bytes_are_exact() {
+    if !privileged("loopback_transfer_bytes_are_exact") {
+        return;
+    }
+    let scratch = Scratch::new("loopback");
+    transfer(&scratch, &[], "127.0.0.1:0", "127.0.0.1", 128 << 20);
+}
+
+#[test]
+fn transfer_into_a_network_namespace() {
+    if !privileged("transfer_into_a_network_namespace") {
+        return;
+    }
+    let ns = tag("crmt");
+    let (host_if, ns_if) = (format!("{ns}a"), format!("{ns}b"));
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &ns])
+        .status();
+    sh(&format!(
+        "ip netns add {ns} && ip link add {host_if} type veth peer name {ns_if} && \
+         ip link set {ns_if} netns {ns} && ip addr add 10.213.0.1/24 dev {host_if} && \
+         ip link set {host_if} up && ip -n {ns} addr add 10.213.0.2/24 dev {ns_if} && \
+         ip -n {ns} link set {ns_if} up && ip -n {ns} link set lo up"
+    ));
+    let scratch = Scratch::new("netns");
+    let result = std::panic::catch_unwind(|| {
+        transfer(
+            &scratch,
+            &["ip", "netns", "exec", &ns],
+            "10.213.0.2:0",
+            "10.213.0.2",
+            100 << 20,
+        );
+    });
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &host_if])
+        .status();
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", &ns])
+        .status();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// The block device a path lives on, by kernel name ("vda").
+fn device_of(path: &std::path::Path) -> String {
+    let dev = std::fs::metadata(path).expect("stat").dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let uevent = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        .expect("the scratch directory is on a block device");
+    uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .expect("DEVNAME")
+        .to_owned()
+}
+
+#[test]
+fn direct_io_bytes_land_on_the_right_device() {
+    if !privileged("direct_io_bytes_land_on_the_right_device") {
+        return;
+    }
+    const BYTES: u64 = 64 << 20;
+    // /var/tmp rather than /tmp: /tmp may be a tmpfs, which has no block device.
+    let scratch = Scratch::in_dir("/var/tmp", "dio");
+    let file = scratch.0.join("data");
+    let device = device_of(&scratch.0);
+    let name = tag("dio");
+    let agent = Agent::start(&["profile", "--duration", "120s", "--comm", &name]);
+    let path = file.to_str().expect("UTF-8");
+    Workload::start(
+        &scratch,
+        &name,
+        false,
+        &["dio-write", path, &BYTES.to_string()],
+    )
+    .wait_success();
+    Workload::start(
+        &scratch,
+        &name,
+        false,
+        &["dio-read", path, &BYTES.to_string()],
+    )
+    .wait_success();
+    let doc = parse_profile(&agent.interrupt_and_output());
+    let disk = &svc(&doc, &name)["disk"];
+    let (written, read) = (u(&disk["write_bytes"]), u(&disk["read_bytes"]));
+    assert!(
+        within(written, BYTES, 0.05),
+        "write_bytes {written}, wrote {BYTES}: {disk:#}"
+    );
+    assert!(
+        within(read, BYTES, 0.05),
+        "read_bytes {read}, read {BYTES}: {disk:#}"
+    );
+    let devices = disk["devices"].as_array().expect("devices");
+    let on_device = devices
+        .iter()
+        .find(|d| d["name"] == device.as_str())
+        .unwrap_or_else(|| panic!("nothing on {device}: {devices:#?}"));
+    assert!(
+        within(u(&on_device["write_bytes"]), BYTES, 0.05),
+        "{on_device:#}"
+    );
+    assert!(u(&disk["p50_ns"]) > 0 && u(&disk["ios"]) >= 128, "{disk:#}");
+}
+
+#[test]
+fn one_spinning_thread_is_on_cpu_for_its_cpu_time() {
+    if !privileged("one_spinning_thread_is_on_cpu_for_its_cpu_time") {
+        return;
+    }
+    const CPU_MS: u64 = 3000;
+    let scratch = Scratch::new("spin");
+    let name = tag("spn");
+    let agent = Agent::start(&["profile", "--duration", "120s", "--comm", &name]);
+    Workload::start(&scratch, &name, false, &["spin", &CPU_MS.to_string(), "1"]).wait_success();
+    let doc = parse_profile(&agent.interrupt_and_output());
+    let on_cpu = u(&svc(&doc, &name)["cpu"]["on_cpu_ns"]);
+    // The process also starts and exits: a few ms on top of the spin.
+    assert!(
+        within(on_cpu, CPU_MS * 1_000_000, 0.05),
+        "on_cpu_ns {on_cpu} for {CPU_MS} ms of CPU time"
+    );
+}
+
+#[test]
+fn more_spinners_than_cores_wait_on_the_run_queue() {
+    if !privileged("more_spinners_than_cores_wait_on_the_run_queue") {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let threads = cores * 2;
+    const WALL_MS: u64 = 3000;
+    let scratch = Scratch::new("rq");
+    let name = tag("rqw");
+    let agent = Agent::start(&["profile", "--duration", "120s", "--comm", &name]);
+    let args = [
+        "spin-wall".to_owned(),
+        WALL_MS.to_string(),
+        threads.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Workload::start(&scratch, &name, false, &args).wait_success();
+    let doc = parse_profile(&agent.interrupt_and_output());
+    let cpu = &svc(&doc, &name)["cpu"];
+    let (on, rq) = (u(&cpu["on_cpu_ns"]), u(&cpu["runqueue_ns"]));
+    // Two threads per core: at most half the thread time can be on CPU, so at least half is
+    // spent runnable on the run queue (more if anything else competes for the CPUs).
+    let thread_time = on + rq;
+    let waiting = rq as f64 / thread_time as f64;
+    let must_wait = 1.0 - cores as f64 / threads as f64;
+    assert!(
+        waiting >= must_wait - 0.05,
+        "run-queue share {waiting:.2} below the {must_wait:.2} the core count forces: {cpu:#}"
+    );
+    // And the thread time is conserved: every nanosecond of each thread is on CPU or waiting.
+    assert!(
+        within(thread_time, threads * WALL_MS * 1_000_000, 0.10),
+        "on_cpu + runqueue {thread_time} for {threads} threads × {WALL_MS} ms: {cpu:#}"
+    );
+    assert!(u(&cpu["involuntary_switches"]) > 0 && u(&cpu["runqueue_p99_ns"]) > 0);
+}
+
+fn assert_dominated_by(doc: &Value, name: &str, expected: &str) {
+    let s = svc(doc, name);
+    let (top, share) = dominant(s);
+    assert_eq!(
+        top,
+        expected,
+        "{name} should be dominated by {expected}: shares {:?}",
+        time_shares(s)
+    );
+    assert!(
+        share > 0.5,
+        "{name}: {expected} is only {share:.2} of thread time"
+    );
+}
+
+#[test]
+fn a_sleeper_sleeps() {
+    if !privileged("a_sleeper_sleeps") {
+        return;
+    }
+    let scratch = Scratch::new("slp");
+    let name = tag("zzz");
+    let agent = Agent::start(&["profile", "--duration", "120s", "--comm", &name]);
+    Workload::start(&scratch, &name, false, &["sleep", "100", "10000"]).wait_success();
+    let doc = parse_profile(&agent.interrupt_and_output());
+    assert_dominated_by(&doc, &name, "sleep");
+}
+
+#[test]
+fn contended_mutex_is_lock_wait() {
+    if !privileged("contended_mutex_is_lock_wait") {
+        return;
+    }
+    let scratch = Scratch::new("mtx");
+    let name = tag("mtx");
+    let agent = Agent::start(&["profile", "--duration", "120s", "--comm", &name]);
+    Workload::start(&scratch, &name, false, &["mutex", "2000", "6"]).wait_success();
+    let doc = parse_profile(&agent.interrupt_and_output());
+    assert_dominated_by(&doc, &name, "lock");
+}
+
+#[test]
+fn a_client_of_a_slow_server_waits_on_the_network() {
+    if !privileged("a_client_of_a_slow_server_waits_on_the_network") {
+        return;
+    }
+    let scratch = Scratch::new("slow");
+    let (server, client) = (tag("srv"), tag("cli"));
+    let agent = Agent::start(&[
+        "profile",
+        "--duration",
+        "120s",
+        "--comm",
+        &server,
+        "--comm",
+        &client,
+    ]);
+    let mut srv = Workload::start(
+        &scratch,
+        &server,
+        false,
+        &["slow-server", "127.0.0.1:0", "20", "50"],
+    );
+    let port = srv.read_line();
+    Workload::start(
+        &scratch,
+        &client,
+        false,
+        &["slow-client", &format!("127.0.0.1:{port}"), "50"],
+    )
+    .wait_success();
+    srv.wait_success();
+    let doc = parse_profile(&agent.interrupt_and_output());
+    assert_dominated_by(&doc, &client, "network");
+    assert_dominated_by(&doc, &server, "sleep");
+    let peers = svc(&doc, &client)["network"]["peers"]
+        .as_array()
+        .expect("peers");
+    let peer = peers
+        .iter()
+        .find(|p| p["port"].to_string() == port)
+        .unwrap_or_else(|| panic!("no peer on port {port}: {peers:#?}"));
+    // 50 round trips held 20 ms each by the server: ≥ 1 s of waiting on that peer.
+    assert!(u(&peer["wait_ns"]) >= 900_000_000, "{peer:#}");
+    assert_eq!(
+        peer["service"],
+        server.as_str(),
+        "the peer is named as the local service"
+    );
+}
+
+#[test]
+fn throttled_direct_io_is_disk_wait() {
+    if !privileged("throttled_direct_io_is_disk_wait") {
+        return;
+    }
+    let scratch = Scratch::in_dir("/var/tmp", "thr");
+    let file = scratch.0.join("data");
+    let dev = std::fs::metadata(&scratch.0).expect("stat").dev();
+    let cgroup = format!("/sys/fs/cgroup/blkio/{}", tag("crmprof-thr"));
+    std::fs::create_dir_all(&cgroup).expect("creating a blkio cgroup (cgroup v1)");
+    let limit = format!("{}:{} 50", libc::major(dev), libc::minor(dev));
+    std::fs::write(format!("{cgroup}/blkio.throttle.write_iops_device"), &limit)
+        .expect("setting a write IOPS limit");
+    let name = tag("thr");
+    let agent = Agent::start(&["profile", "--duration", "120s", "--comm", &name]);
+    let path = file.to_str().expect("UTF-8");
+    // 40 writes of 1 MiB at 50 IOPS: ~0.8 s held by the throttle.
+    let mut w = Workload::start(
+        &scratch,
+        &name,
+        true,
+        &["dio-write", path, &(40u64 << 20).to_string()],
+    );
+    std::fs::write(format!("{cgroup}/cgroup.procs"), w.pid().to_string())
+        .expect("moving the workload into the cgroup");
+    w.release();
+    w.wait_success();
+    let doc = parse_profile(&agent.interrupt_and_output());
+    let _ = std::fs::remove_dir(&cgroup);
+    assert_dominated_by(&doc, &name, "disk");
+    let disk = &svc(&doc, &name)["disk"];
+    assert!(u(&disk["wait_ns"]) >= 500_000_000, "{disk:#}");
+    std::thread::sleep(Duration::from_millis(10));
+}
