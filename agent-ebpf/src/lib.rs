@@ -339,8 +339,12 @@ pub mod syscall_class {
     pub const WAIT_FOR_WORK: u32 = 3;
     /// recv/send/connect: waiting on a socket.
     pub const NET: u32 = 4;
-    /// read/write/fsync and friends: disk when uninterruptible, a socket or pipe otherwise.
+    /// read and friends: disk when uninterruptible, a socket or pipe otherwise.
     pub const IO: u32 = 5;
+    /// send/sendto/sendmsg: blocked sending.
+    pub const NET_SEND: u32 = 6;
+    /// write/fsync and friends: disk when uninterruptible, a full socket or pipe otherwise.
+    pub const IO_WRITE: u32 = 7;
 }
 
 /// Why a selected thread was off CPU. Index into [`SchedStats::offcpu_ns`].
@@ -352,10 +356,9 @@ pub mod offcpu {
     pub const MEMORY: usize = 4;
     pub const IDLE: usize = 5;
     pub const OTHER: usize = 6;
+    /// Blocked sending: a full socket send buffer (or pipe).
+    pub const NETWORK_SEND: usize = 7;
     pub const COUNT: usize = 8;
-    pub const NAMES: [&str; 7] = [
-        "lock", "network", "disk", "sleep", "memory", "idle", "other",
-    ];
 }
 
 /// A remote endpoint of a service: IPv4 addresses are stored IPv4-mapped in `addr`.

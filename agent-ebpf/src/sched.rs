@@ -124,8 +124,10 @@ fn reason(tid: u32, state: u64) -> u32 {
         syscall_class::SLEEP => offcpu::SLEEP,
         syscall_class::WAIT_FOR_WORK => offcpu::IDLE,
         syscall_class::NET => offcpu::NETWORK,
-        syscall_class::IO if d_state => offcpu::DISK,
+        syscall_class::NET_SEND => offcpu::NETWORK_SEND,
+        syscall_class::IO | syscall_class::IO_WRITE if d_state => offcpu::DISK,
         syscall_class::IO => offcpu::NETWORK,
+        syscall_class::IO_WRITE => offcpu::NETWORK_SEND,
         _ if d_state => offcpu::DISK,
         _ => offcpu::OTHER,
     }) as u32
@@ -159,7 +161,7 @@ fn end_offcpu(t: *mut ThreadState, now: u64) {
             (*s).offcpu_count[r] += 1;
         }
     }
-    if r == offcpu::NETWORK && peer.family != 0 {
+    if (r == offcpu::NETWORK || r == offcpu::NETWORK_SEND) && peer.family != 0 {
         crate::net::add_peer_wait(&peer, took);
     }
 }

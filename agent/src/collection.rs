@@ -10,6 +10,7 @@ use agent_ebpf::{Counter, DiskKey, ProcEvent, offcpu};
 use aya::maps::{MapData, RingBuf};
 
 use crate::{
+    cgroup,
     discovery::Registry,
     error::ProbeError,
     histogram, host,
@@ -20,6 +21,7 @@ use crate::{
         OffCpuProfile, PeerProfile, ProbeReport, Profile, SCHEMA, ServiceProfile, SyscallProfile,
         Window,
     },
+    verdict,
 };
 
 /// Cumulative kernel figures at one instant.
@@ -54,6 +56,7 @@ pub struct Collector {
     window_start_ns: u64,
     /// The same instant on the monotonic clock the kernel programs use.
     window_start_mono: u64,
+    cgroups: cgroup::Tracker,
 }
 
 impl Collector {
@@ -71,6 +74,7 @@ impl Collector {
             previous,
             window_start_ns: unix_now_ns(),
             window_start_mono,
+            cgroups: cgroup::Tracker::new(),
         };
         collector.drain_events()?;
         collector.registry.next_window();
@@ -125,9 +129,19 @@ impl Collector {
             self.registry.services_over_limit,
         );
 
-        let services = self.service_profiles(&now, &open, &listeners);
         let mut host = self.host.clone();
         host.usage = now.host.since(&self.previous.host, duration_ns);
+        let mut services = self.service_profiles(&now, &open, &listeners);
+        for s in &mut services {
+            s.limits = self.cgroups.limits(&s.pids);
+            s.time = verdict::budget(s);
+            s.bottleneck = verdict::judge(&verdict::Inputs {
+                service: s,
+                budget: &s.time,
+                host: &host.usage,
+                window_ns: duration_ns,
+            });
+        }
         let profile = Profile {
             schema: SCHEMA.to_owned(),
             host,
@@ -218,6 +232,9 @@ impl Collector {
                     offcpu,
                     network,
                     disk,
+                    limits: Default::default(),
+                    time: Default::default(),
+                    bottleneck: Default::default(),
                 }
             })
             .collect()
@@ -248,7 +265,8 @@ impl Collector {
         let r = |i: usize| d.offcpu_ns[i] + open.offcpu_ns[i];
         let offcpu = OffCpuProfile {
             lock_ns: r(offcpu::LOCK),
-            network_ns: r(offcpu::NETWORK),
+            network_ns: r(offcpu::NETWORK) + r(offcpu::NETWORK_SEND),
+            network_send_ns: r(offcpu::NETWORK_SEND),
             disk_ns: r(offcpu::DISK),
             sleep_ns: r(offcpu::SLEEP),
             memory_ns: r(offcpu::MEMORY),

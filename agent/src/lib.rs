@@ -3,9 +3,10 @@
 //! Data flows through the modules in this order:
 //! [`probes`] (kernel programs and their maps) → [`discovery`] (which processes form which
 //! service) → [`collection`] (map reads turned into per-window deltas) → [`profile`] (the
-//! `crmprof.profile/v1` document) → [`render`] (for a person) and the data directory
+//! `crmprof.profile/v1` document) → [`verdict`] (time budget and bottleneck) → [`render`] (for a person) and the data directory
 //! ([`run`]).
 
+pub mod cgroup;
 pub mod check;
 pub mod collection;
 pub mod config;
@@ -18,3 +19,4 @@ pub mod probes;
 pub mod profile;
 pub mod render;
 pub mod run;
+pub mod verdict;

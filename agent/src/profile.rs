@@ -6,7 +6,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{host::HostUse, probes::GroupStatus};
+use crate::{
+    cgroup::Limits,
+    host::HostUse,
+    probes::GroupStatus,
+    verdict::{Bottleneck, TimeBudget},
+};
 
 pub const SCHEMA: &str = "crmprof.profile/v1";
 
@@ -82,6 +87,12 @@ pub struct ServiceProfile {
     pub offcpu: OffCpuProfile,
     pub network: NetworkProfile,
     pub disk: DiskProfile,
+    /// cgroup limits of the service and how much they held it back in the window.
+    pub limits: Limits,
+    /// Where the service's non-idle thread time went.
+    pub time: TimeBudget,
+    /// What holds the service back, with evidence.
+    pub bottleneck: Bottleneck,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -99,8 +110,11 @@ pub struct CpuProfile {
 pub struct OffCpuProfile {
     /// futex waits.
     pub lock_ns: u64,
-    /// Blocked on sockets (recv/send/connect, reads and writes that sleep interruptibly).
+    /// Blocked on sockets (recv/send/connect, reads and writes that sleep interruptibly),
+    /// sending included.
     pub network_ns: u64,
+    /// The part of `network_ns` blocked *sending*: full send buffers.
+    pub network_send_ns: u64,
     /// Uninterruptible waits in file I/O syscalls (block I/O, including cgroup throttling).
     pub disk_ns: u64,
     /// nanosleep / clock_nanosleep.

@@ -150,13 +150,13 @@ pub fn class_of(name: &str) -> u32 {
         "epoll_wait" | "epoll_pwait" | "epoll_pwait2" | "poll" | "ppoll" | "select"
         | "pselect6" | "accept" | "accept4" | "pause" | "rt_sigsuspend" | "rt_sigtimedwait"
         | "io_uring_enter" | "msgrcv" | "semop" | "semtimedop" => syscall_class::WAIT_FOR_WORK,
-        "recvfrom" | "recvmsg" | "recvmmsg" | "sendto" | "sendmsg" | "sendmmsg" | "connect"
-        | "shutdown" => syscall_class::NET,
-        "read" | "write" | "readv" | "writev" | "pread64" | "pwrite64" | "preadv" | "pwritev"
-        | "preadv2" | "pwritev2" | "fsync" | "fdatasync" | "sync_file_range" | "sync"
-        | "syncfs" | "sendfile" | "splice" | "copy_file_range" | "io_getevents"
-        | "io_pgetevents" | "io_submit" | "openat" | "open" | "close" | "fallocate"
-        | "ftruncate" | "truncate" => syscall_class::IO,
+        "recvfrom" | "recvmsg" | "recvmmsg" | "connect" | "shutdown" => syscall_class::NET,
+        "sendto" | "sendmsg" | "sendmmsg" => syscall_class::NET_SEND,
+        "read" | "readv" | "pread64" | "preadv" | "preadv2" | "io_getevents" | "io_pgetevents"
+        | "openat" | "open" | "close" => syscall_class::IO,
+        "write" | "writev" | "pwrite64" | "pwritev" | "pwritev2" | "fsync" | "fdatasync"
+        | "sync_file_range" | "sync" | "syncfs" | "sendfile" | "splice" | "copy_file_range"
+        | "io_submit" | "fallocate" | "ftruncate" | "truncate" => syscall_class::IO_WRITE,
         _ => syscall_class::OTHER,
     }
 }
@@ -185,7 +185,9 @@ mod tests {
         assert_eq!(class_of("clock_nanosleep"), syscall_class::SLEEP);
         assert_eq!(class_of("epoll_wait"), syscall_class::WAIT_FOR_WORK);
         assert_eq!(class_of("recvfrom"), syscall_class::NET);
-        assert_eq!(class_of("pwrite64"), syscall_class::IO);
+        assert_eq!(class_of("pwrite64"), syscall_class::IO_WRITE);
+        assert_eq!(class_of("read"), syscall_class::IO);
+        assert_eq!(class_of("sendto"), syscall_class::NET_SEND);
         assert_eq!(class_of("getpid"), syscall_class::OTHER);
     }
 }
