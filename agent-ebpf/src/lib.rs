@@ -82,6 +82,8 @@ pub mod globals {
     /// `u32`: 1 to send an exec event for every process on the host (auto-discovery names new
     /// processes from them), 0 for selected processes only.
     pub const REPORT_ALL_EXECS: &str = "REPORT_ALL_EXECS";
+    /// `u64`: futex waits longer than this many ns count as idle, not lock contention.
+    pub const LOCK_IDLE_NS: &str = "LOCK_IDLE_NS";
     /// `u32`: first port of `net.ipv4.ip_local_port_range`.
     pub const EPHEMERAL_PORT_MIN: &str = "EPHEMERAL_PORT_MIN";
 }

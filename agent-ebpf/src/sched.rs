@@ -46,6 +46,23 @@ static SYSCALL_CLASS: Array<u32> = Array::with_max_entries(512, 0);
 #[map(name = "WINDOW")]
 static WINDOW: Array<u64> = Array::with_max_entries(1, 0);
 
+/// A futex wait longer than this is a thread parked waiting for work (an idle pool thread, a
+/// join), not lock contention: set by the loader (`agent_ebpf::globals::LOCK_IDLE_NS`).
+#[unsafe(no_mangle)]
+static LOCK_IDLE_NS: u64 = 500_000_000;
+
+/// The reason an off-CPU interval ends up counted as: long futex waits are idle.
+#[inline(always)]
+pub fn settle_reason(reason: usize, waited_ns: u64) -> usize {
+    // SAFETY: a read of a loader-filled global.
+    let idle_after = unsafe { core::ptr::read_volatile(&LOCK_IDLE_NS) };
+    if reason == offcpu::LOCK && waited_ns > idle_after {
+        offcpu::IDLE
+    } else {
+        reason
+    }
+}
+
 #[inline(always)]
 fn window_start() -> u64 {
     WINDOW.get(0).copied().unwrap_or(0)
@@ -152,6 +169,7 @@ fn end_offcpu(t: *mut ThreadState, now: u64) {
     // SAFETY: as above.
     unsafe { (*t).offcpu_since = 0 };
     let took = in_window(now, since);
+    let r = settle_reason(r, now.saturating_sub(since));
     if let Some(s) = stats_of(service)
         && r < offcpu::COUNT
     {

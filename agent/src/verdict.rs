@@ -20,6 +20,10 @@ pub const CPU_SATURATED: f64 = 0.90;
 pub const CPU_PRESSURE: f64 = 0.20;
 /// Quota throttling above this share of the window makes a CPU-bound service quota-bound.
 pub const QUOTA_THROTTLED: f64 = 0.05;
+/// PSI memory "some" at or above which memory stalls outrank a larger CPU share.
+pub const MEMORY_PRESSURE: f64 = 0.10;
+/// Host major faults per second at or above which memory is visibly short.
+pub const MAJOR_FAULTS_PER_SEC: f64 = 1000.0;
 /// Device utilisation at or above which a disk is at capacity.
 pub const DISK_BUSY: f64 = 0.80;
 /// Share of network waiting spent blocked *sending* above which the link is the limit.
@@ -207,6 +211,19 @@ pub fn judge(i: &Inputs<'_>) -> Bottleneck {
         );
     }
     let mut evidence = vec![budget_line];
+    // Reclaim and fault handling run on the stalled thread's own CPU, so a thrashing service
+    // also looks busy on CPU: memory stalls corroborated by the host's memory pressure win over
+    // a larger CPU share.
+    let memory_pressure = i.host.psi.get("memory").map_or(0.0, |p| p.some);
+    let faulting = i.host.major_faults as f64 / window_s >= MAJOR_FAULTS_PER_SEC;
+    let top =
+        if top == "cpu" && b.memory >= DOMINANT && (memory_pressure >= MEMORY_PRESSURE || faulting)
+        {
+            "memory"
+        } else {
+            top
+        };
+    let share = if top == "memory" { b.memory } else { share };
     match top {
         "cpu" => cpu(i, share, evidence),
         "disk" => disk(i, share, evidence),
@@ -267,7 +284,9 @@ pub fn judge(i: &Inputs<'_>) -> Bottleneck {
                 h.alloc_stalls,
                 h.pages_swapped_out
             ));
-            let corroborated = psi > 0.05 || h.major_faults > 100 || h.alloc_stalls > 0;
+            let corroborated = psi >= MEMORY_PRESSURE
+                || h.major_faults as f64 / window_s >= MAJOR_FAULTS_PER_SEC
+                || h.alloc_stalls > 0;
             verdict(
                 "hardware",
                 "memory",
@@ -839,6 +858,36 @@ mod tests {
             ("hardware", "memory")
         );
         assert!(v.confidence > 0.8);
+    }
+
+    #[test]
+    fn thrashing_outranks_the_cpu_time_it_causes() {
+        let s = service(
+            on_rq(4_000_000_000, 2_500_000_000),
+            OffCpuProfile {
+                memory_ns: 4_500_000_000,
+                ..OffCpuProfile::default()
+            },
+        );
+        let mut h = host(0.95);
+        assert_eq!(
+            judge_with(&s, &h).resource,
+            "cpu",
+            "no memory pressure: CPU"
+        );
+        h.psi = BTreeMap::from([(
+            "memory".to_owned(),
+            Pressure {
+                some: 0.3,
+                full: Some(0.1),
+            },
+        )]);
+        let v = judge_with(&s, &h);
+        assert_eq!(
+            (v.class.as_str(), v.resource.as_str()),
+            ("hardware", "memory")
+        );
+        assert!((v.share - 0.409).abs() < 1e-9, "{}", v.share);
     }
 
     #[test]

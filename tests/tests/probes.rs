@@ -73,7 +73,7 @@ fn transfer(scratch: &Scratch, wrapper: &[&str], bind: &str, connect_host: &str,
         .expect("peers");
     let peer = peers
         .iter()
-        .find(|p| p["port"].to_string() == port)
+        .find(|p| p["port"].as_u64() == port.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no peer on port {port}: {peers:#?}"));
     assert_eq!(peer["address"], connect_host);
     assert!(within(u(&peer["tx_bytes"]), bytes, 0.01), "{peer:#}");
@@ -334,7 +334,7 @@ fn a_client_of_a_slow_server_waits_on_the_network() {
         .expect("peers");
     let peer = peers
         .iter()
-        .find(|p| p["port"].to_string() == port)
+        .find(|p| p["port"].as_u64() == port.parse::<u64>().ok())
         .unwrap_or_else(|| panic!("no peer on port {port}: {peers:#?}"));
     // 50 round trips held 20 ms each by the server: ≥ 1 s of waiting on that peer.
     assert!(u(&peer["wait_ns"]) >= 900_000_000, "{peer:#}");

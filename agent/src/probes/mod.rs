@@ -125,6 +125,7 @@ impl Probes {
             .override_global(globals::OFFSETS, &offsets, true)
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
             .override_global(globals::EPHEMERAL_PORT_MIN, &ephemeral_min, true)
+            .override_global(globals::LOCK_IDLE_NS, &sched::LOCK_IDLE_NS, true)
             .override_global(globals::REPORT_ALL_EXECS, &report_all_execs, true)
             // One element per four tgids, one start slot per tid: see the map comments.
             .map_max_entries(maps::PID_SERVICE, pid_max.div_ceil(4))

@@ -99,6 +99,11 @@ pub fn read(probes: &Probes) -> Result<HashMap<u32, Totals>, ProbeError> {
     Ok(out)
 }
 
+/// Futex waits longer than this are a parked thread waiting for work (an idle pool thread, a
+/// join), not lock contention: contended locks are held for a critical section, not for half a
+/// second. The kernel side applies the same rule when a wait ends.
+pub const LOCK_IDLE_NS: u64 = 500_000_000;
+
 /// Time of the intervals still open at `now` (monotonic ns), from `window_start` on, per
 /// service: (on CPU, run queue, off CPU by reason).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -126,7 +131,11 @@ pub fn open_intervals(
             open.runqueue_ns += since(t.runnable_since);
         }
         if t.offcpu_since != 0 && (t.reason as usize) < offcpu::COUNT {
-            open.offcpu_ns[t.reason as usize] += since(t.offcpu_since);
+            let mut reason = t.reason as usize;
+            if reason == offcpu::LOCK && now.saturating_sub(t.offcpu_since) > LOCK_IDLE_NS {
+                reason = offcpu::IDLE;
+            }
+            open.offcpu_ns[reason] += since(t.offcpu_since);
         }
     }
     Ok(out)

@@ -15,6 +15,8 @@
 //!   slow-client ADDR N        N request/response round trips
 //!   dio-write PATH BYTES      O_DIRECT writes of 1 MiB, then fsync
 //!   dio-read PATH BYTES       O_DIRECT reads of 1 MiB
+//!   make-file PATH MIB        write a file, fsync it and drop it from the page cache
+//!   mmap-thrash PATH MILLIS   touch random pages of a mapped file (no readahead) for MILLIS
 
 use std::{
     ffi::CString,
@@ -167,19 +169,36 @@ fn run(args: &[String]) -> Result<(), String> {
             let (path, bytes) = (text(args, 1)?, num(args, 2)?);
             direct_io(path, bytes, args[0] == "dio-write")?;
         }
+        "make-file" => {
+            let (path, mib) = (text(args, 1)?, num(args, 2)?);
+            let mut file = std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))?;
+            let block = vec![0xa5u8; 1 << 20];
+            for _ in 0..mib {
+                file.write_all(&block).map_err(|e| e.to_string())?;
+            }
+            file.sync_all().map_err(|e| e.to_string())?;
+            // SAFETY: a valid fd; advice only.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        }
+        "mmap-thrash" => {
+            let (path, millis) = (text(args, 1)?, num(args, 2)?);
+            mmap_thrash(path, Duration::from_millis(millis))?;
+        }
         other => return Err(format!("unknown mode {other}")),
     }
     Ok(())
 }
 
+/// Runs `work` on `n` threads, the main thread being one of them.
 fn in_threads(n: u64, work: impl Fn() + Send + Sync + 'static) {
     let work = Arc::new(work);
-    let handles: Vec<_> = (0..n)
+    let handles: Vec<_> = (1..n.max(1))
         .map(|_| {
             let work = Arc::clone(&work);
             std::thread::spawn(move || work())
         })
         .collect();
+    work();
     for h in handles {
         let _ = h.join();
     }
@@ -249,4 +268,48 @@ fn direct_io(path: &str, bytes: u64, write: bool) -> Result<(), String> {
     // SAFETY: allocated above with the same layout.
     unsafe { std::alloc::dealloc(buf, layout) };
     result
+}
+
+/// Touches random pages of a read-only mapping of `path` for `how_long`, with readahead off, so
+/// every page that does not fit in memory is a major fault.
+fn mmap_thrash(path: &str, how_long: Duration) -> Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
+    // SAFETY: a fresh read-only shared mapping of a file we hold open; unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: advice on the mapping just made.
+    unsafe { libc::madvise(map, len, libc::MADV_RANDOM) };
+    let pages = len / 4096;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut sum = 0u64;
+    let end = Instant::now() + how_long;
+    while Instant::now() < end {
+        for _ in 0..64 {
+            // xorshift: a cheap, well-spread page order.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let page = (x as usize) % pages.max(1);
+            // SAFETY: `page * 4096` is inside the mapping.
+            sum = sum.wrapping_add(u64::from(unsafe {
+                std::ptr::read_volatile(map.cast::<u8>().add(page * 4096))
+            }));
+        }
+    }
+    std::hint::black_box(sum);
+    // SAFETY: unmapping what we mapped.
+    unsafe { libc::munmap(map, len) };
+    Ok(())
 }

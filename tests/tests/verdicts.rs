@@ -1,0 +1,266 @@
+//! The verdict scenario suite: workloads with a known bottleneck, each profiled for a few
+//! seconds; every one must get the right class and resource. Prints a table of scenario →
+//! verdict → evidence, then asserts.
+#![expect(clippy::expect_used, reason = "tests panic with a message")]
+
+use std::{os::unix::fs::MetadataExt as _, process::Command};
+
+use integration_tests::{Agent, Scratch, Workload, parse_profile, privileged, service, sh};
+use serde_json::Value;
+
+struct Outcome {
+    scenario: &'static str,
+    service: String,
+    expected: (&'static str, &'static str),
+    verdict: Value,
+}
+
+fn tag(prefix: &str) -> String {
+    format!("{prefix}{}", std::process::id() % 100_000)
+}
+
+/// Profiles `names` while `run` drives the workload, and returns the profile.
+fn profile(names: &[&str], run: impl FnOnce()) -> Value {
+    let mut args = vec!["profile", "--duration", "60s"];
+    for n in names {
+        args.push("--comm");
+        args.push(n);
+    }
+    let agent = Agent::start(&args);
+    run();
+    parse_profile(&agent.interrupt_and_output())
+}
+
+fn outcome(
+    doc: &Value,
+    scenario: &'static str,
+    name: &str,
+    expected: (&'static str, &'static str),
+) -> Outcome {
+    let verdict = service(doc, name)
+        .map(|s| s["bottleneck"].clone())
+        .unwrap_or_else(|| Value::String(format!("no service {name}")));
+    Outcome {
+        scenario,
+        service: name.to_owned(),
+        expected,
+        verdict,
+    }
+}
+
+fn netns(ns: &str, host_if: &str, ns_if: &str, subnet: &str) {
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(std::process::Stdio::null())
+        .status();
+    sh(&format!(
+        "ip netns add {ns} && ip link add {host_if} type veth peer name {ns_if} && \
+         ip link set {ns_if} netns {ns} && ip addr add {subnet}.1/24 dev {host_if} && \
+         ip link set {host_if} up && ip -n {ns} addr add {subnet}.2/24 dev {ns_if} && \
+         ip -n {ns} link set {ns_if} up && ip -n {ns} link set lo up"
+    ));
+}
+
+#[test]
+fn scenario_suite() {
+    if !privileged("scenario_suite") {
+        return;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let scratch = Scratch::new("verdicts");
+    let disk_scratch = Scratch::in_dir("/var/tmp", "verdicts");
+    let mut outcomes = Vec::new();
+
+    // CPU saturation: twice as many spinners as cores for 4 s.
+    let name = tag("sat");
+    let threads = (2 * cores).to_string();
+    let doc = profile(&[&name], || {
+        Workload::start(&scratch, &name, false, &["spin-wall", "4000", &threads]).wait_success();
+    });
+    outcomes.push(outcome(&doc, "CPU saturation", &name, ("hardware", "cpu")));
+
+    // One hot thread on an otherwise idle host.
+    let name = tag("hot");
+    let doc = profile(&[&name], || {
+        Workload::start(&scratch, &name, false, &["spin-wall", "4000", "1"]).wait_success();
+    });
+    outcomes.push(outcome(
+        &doc,
+        "one hot thread",
+        &name,
+        ("software", "compute"),
+    ));
+
+    // Mutex contention.
+    let name = tag("mtx");
+    let doc = profile(&[&name], || {
+        Workload::start(&scratch, &name, false, &["mutex", "3000", "6"]).wait_success();
+    });
+    outcomes.push(outcome(
+        &doc,
+        "mutex contention",
+        &name,
+        ("software", "lock"),
+    ));
+
+    // A client waiting on a slow loopback server.
+    let (srv, cli) = (tag("srv"), tag("cli"));
+    let doc = profile(&[&srv, &cli], || {
+        let mut server = Workload::start(
+            &scratch,
+            &srv,
+            false,
+            &["slow-server", "127.0.0.1:0", "25", "120"],
+        );
+        let port = server.read_line();
+        Workload::start(
+            &scratch,
+            &cli,
+            false,
+            &["slow-client", &format!("127.0.0.1:{port}"), "120"],
+        )
+        .wait_success();
+        server.wait_success();
+    });
+    outcomes.push(outcome(
+        &doc,
+        "client of a slow server",
+        &cli,
+        ("software", "downstream"),
+    ));
+    outcomes.push(outcome(&doc, "slow server", &srv, ("software", "sleep")));
+
+    // Direct I/O under a blkio write-IOPS throttle.
+    let name = tag("thr");
+    let dev = std::fs::metadata(&disk_scratch.0).expect("stat").dev();
+    let cgroup = format!("/sys/fs/cgroup/blkio/{}", tag("crmprof-v"));
+    std::fs::create_dir_all(&cgroup).expect("creating a blkio cgroup");
+    std::fs::write(
+        format!("{cgroup}/blkio.throttle.write_iops_device"),
+        format!("{}:{} 40", libc::major(dev), libc::minor(dev)),
+    )
+    .expect("setting the throttle");
+    let file = disk_scratch.0.join("dio");
+    let doc = profile(&[&name], || {
+        let path = file.to_str().expect("UTF-8");
+        let mut w = Workload::start(
+            &disk_scratch,
+            &name,
+            true,
+            &["dio-write", path, &(120u64 << 20).to_string()],
+        );
+        std::fs::write(format!("{cgroup}/cgroup.procs"), w.pid().to_string()).expect("joining");
+        w.release();
+        w.wait_success();
+    });
+    let _ = std::fs::remove_dir(&cgroup);
+    outcomes.push(outcome(
+        &doc,
+        "direct I/O under a blkio throttle",
+        &name,
+        ("hardware", "disk"),
+    ));
+
+    // A sender held back by a 40 Mbit/s tbf on a veth into a namespace.
+    let ns = tag("crmv");
+    let (host_if, ns_if) = (format!("{ns}a"), format!("{ns}b"));
+    netns(&ns, &host_if, &ns_if, "10.214.0");
+    sh(&format!(
+        "tc qdisc add dev {host_if} root tbf rate 40mbit burst 32kbit latency 400ms"
+    ));
+    let (snk, src) = (tag("tsk"), tag("tsr"));
+    let doc = profile(&[&snk, &src], || {
+        let mut sink = Workload::start_in(
+            &scratch,
+            &["ip", "netns", "exec", &ns],
+            &snk,
+            false,
+            &["tcp-sink", "10.214.0.2:0"],
+        );
+        let port = sink.read_line();
+        // 20 MB at 40 Mbit/s: 4 s.
+        Workload::start(
+            &scratch,
+            &src,
+            false,
+            &["tcp-source", &format!("10.214.0.2:{port}"), "20000000"],
+        )
+        .wait_success();
+        let _ = sink.read_line();
+        sink.wait_success();
+    });
+    let _ = Command::new("ip").args(["link", "del", &host_if]).status();
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    outcomes.push(outcome(
+        &doc,
+        "sender on a 40 Mbit/s link",
+        &src,
+        ("hardware", "network"),
+    ));
+
+    // Memory pressure: a 256 MiB mapped file thrashed inside a 48 MiB memory cgroup.
+    let name = tag("mem");
+    let file = disk_scratch.0.join("mapped");
+    let path = file.to_str().expect("UTF-8").to_owned();
+    Workload::start(&disk_scratch, "mkfile", false, &["make-file", &path, "256"]).wait_success();
+    let cgroup = format!("/sys/fs/cgroup/memory/{}", tag("crmprof-m"));
+    std::fs::create_dir_all(&cgroup).expect("creating a memory cgroup");
+    std::fs::write(
+        format!("{cgroup}/memory.limit_in_bytes"),
+        (48u64 << 20).to_string(),
+    )
+    .expect("setting the memory limit");
+    let doc = profile(&[&name], || {
+        let mut w = Workload::start(&disk_scratch, &name, true, &["mmap-thrash", &path, "4000"]);
+        std::fs::write(format!("{cgroup}/cgroup.procs"), w.pid().to_string()).expect("joining");
+        w.release();
+        w.wait_success();
+    });
+    let _ = std::fs::remove_dir(&cgroup);
+    outcomes.push(outcome(
+        &doc,
+        "memory pressure (cgroup limit)",
+        &name,
+        ("hardware", "memory"),
+    ));
+
+    // A storm of failing syscalls.
+    let name = tag("err");
+    let doc = profile(&[&name], || {
+        Workload::start(&scratch, &name, false, &["fail-open", "300000"]).wait_success();
+    });
+    outcomes.push(outcome(
+        &doc,
+        "failing syscalls",
+        &name,
+        ("software", "errors"),
+    ));
+
+    println!(
+        "\n{:<36} {:<20} {:<22} evidence",
+        "scenario", "expected", "verdict"
+    );
+    let mut wrong = Vec::new();
+    for o in &outcomes {
+        let got = (
+            o.verdict["class"].as_str().unwrap_or("?"),
+            o.verdict["resource"].as_str().unwrap_or("?"),
+        );
+        let evidence: Vec<&str> = o.verdict["evidence"]
+            .as_array()
+            .map(|e| e.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<36} {:<20} {:<22} {}",
+            o.scenario,
+            format!("{}/{}", o.expected.0, o.expected.1),
+            format!("{}/{}", got.0, got.1),
+            evidence.join(" | ")
+        );
+        println!("{:<36} {}", "", o.verdict["summary"].as_str().unwrap_or(""));
+        if got != o.expected {
+            wrong.push(format!("{} ({}): {:#}", o.scenario, o.service, o.verdict));
+        }
+    }
+    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+}
