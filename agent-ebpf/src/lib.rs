@@ -84,6 +84,8 @@ pub mod globals {
     pub const REPORT_ALL_EXECS: &str = "REPORT_ALL_EXECS";
     /// `u64`: futex waits longer than this many ns count as idle, not lock contention.
     pub const LOCK_IDLE_NS: &str = "LOCK_IDLE_NS";
+    /// `u32`: 1 to send a LISTEN event when any process starts listening (port rules).
+    pub const REPORT_LISTENS: &str = "REPORT_LISTENS";
     /// `u32`: first port of `net.ipv4.ip_local_port_range`.
     pub const EPHEMERAL_PORT_MIN: &str = "EPHEMERAL_PORT_MIN";
 }
@@ -265,10 +267,14 @@ pub enum Counter {
     DropBlockTrackFull = 13,
     /// A service's disk stats could not be created: `DISK_STATS` is full.
     DropDiskStatsFull = 14,
+    /// Processes the kernel put into a service (fork, exec rule).
+    ProcessesSelected = 15,
+    /// Processes the kernel took out of a service (exit).
+    ProcessesReleased = 16,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 17;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::DropSyscallStatsFull,
         Counter::DropErrnoFull,
@@ -285,6 +291,8 @@ impl Counter {
         Counter::DropSockOwnerFull,
         Counter::DropBlockTrackFull,
         Counter::DropDiskStatsFull,
+        Counter::ProcessesSelected,
+        Counter::ProcessesReleased,
     ];
 }
 
@@ -293,6 +301,8 @@ pub mod proc_event {
     pub const FORK: u32 = 1;
     pub const EXEC: u32 = 2;
     pub const EXIT: u32 = 3;
+    /// A process started listening on a TCP port (`parent_pid` carries the port).
+    pub const LISTEN: u32 = 4;
 }
 
 /// A process lifecycle event of a selected process, sent on [`maps::PROC_EVENTS`]. Rare by

@@ -5,7 +5,7 @@
 //! sent, write()/read() on a socket count too, loopback and other namespaces alike. Data moved
 //! by sendfile/splice bypasses them and is not counted (documented in docs/probes.md).
 
-use agent_ebpf::{Counter, NO_SERVICE, NetStats, PeerKey, PeerStats};
+use agent_ebpf::{Counter, NO_SERVICE, NetStats, PeerKey, PeerStats, proc_event};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{map, raw_tracepoint},
@@ -51,6 +51,10 @@ static LISTEN_OWNER: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 /// it talking to a local port below it is a client's ephemeral port.
 #[unsafe(no_mangle)]
 static EPHEMERAL_PORT_MIN: u32 = 32768;
+
+/// Set by the loader: 1 to report every listen (the agent applies `port` rules to them).
+#[unsafe(no_mangle)]
+static REPORT_LISTENS: u32 = 0;
 
 #[inline(always)]
 fn net_stats(service: u32) -> Option<*mut NetStats> {
@@ -211,6 +215,13 @@ fn try_state(ctx: &RawTracePointContext) -> Result<(), ()> {
         // listen() and connect() run in the owner's context.
         (_, TCP_LISTEN) | (_, TCP_SYN_SENT) => {
             let (service, _) = current_service();
+            // SAFETY: a read of a loader-filled global.
+            let report = unsafe { core::ptr::read_volatile(&REPORT_LISTENS) } != 0;
+            if new == TCP_LISTEN && report {
+                let port: u16 = read_field(sk, offsets().skc_num)?;
+                let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+                crate::process::emit(proc_event::LISTEN, tgid, u32::from(port), service as u16);
+            }
             if service == u32::from(NO_SERVICE) {
                 return Ok(());
             }

@@ -27,7 +27,7 @@ static PROC_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
 static REPORT_ALL_EXECS: u32 = 0;
 
 #[inline(always)]
-fn emit(kind: u32, pid: u32, parent_pid: u32, service: u16) {
+pub fn emit(kind: u32, pid: u32, parent_pid: u32, service: u16) {
     let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
     let event = ProcEvent {
         kind,

@@ -84,9 +84,19 @@ pub fn service_of(tgid: u32) -> u16 {
 /// the element, even when another CPU writes one of them at the same time.
 #[inline(always)]
 pub fn set_service(tgid: u32, service: u16) {
-    match PID_SERVICE.get_ptr_mut(tgid >> 2) {
-        // SAFETY: the pointer is to a live array element; the index is masked to 0..4.
-        Some(group) => unsafe { (*group)[(tgid & 3) as usize] = service },
-        None => count(Counter::DropPidOutOfRange),
+    let Some(group) = PID_SERVICE.get_ptr_mut(tgid >> 2) else {
+        count(Counter::DropPidOutOfRange);
+        return;
+    };
+    let slot = (tgid & 3) as usize;
+    // SAFETY: the pointer is to a live array element; the index is masked to 0..4.
+    let old = unsafe { (*group)[slot] };
+    // SAFETY: as above.
+    unsafe { (*group)[slot] = service };
+    // Occupancy bookkeeping: the agent reports tracked processes from these two counters.
+    if old == NO_SERVICE && service != NO_SERVICE {
+        count(Counter::ProcessesSelected);
+    } else if old != NO_SERVICE && service == NO_SERVICE {
+        count(Counter::ProcessesReleased);
     }
 }

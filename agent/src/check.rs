@@ -136,6 +136,8 @@ pub fn run(btf_path: &Path) -> Report {
         match Probes::load(&LoadOptions {
             btf_path,
             report_all_execs: false,
+            report_listens: false,
+            max_threads: 1024,
         }) {
             Ok(probes) => {
                 for (group, status) in &probes.status {

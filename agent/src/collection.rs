@@ -128,6 +128,14 @@ impl Collector {
             "services_over_limit".to_owned(),
             self.registry.services_over_limit,
         );
+        tracking.insert(
+            "processes_tracked".to_owned(),
+            self.probes.tracked_processes()?.max(0) as u64,
+        );
+        tracking.insert(
+            "threads_tracked".to_owned(),
+            self.probes.tracked_threads() as u64,
+        );
 
         let mut host = self.host.clone();
         host.usage = now.host.since(&self.previous.host, duration_ns);

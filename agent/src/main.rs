@@ -63,6 +63,14 @@ enum Command {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// List the services discovery finds and which rule matched each (no probes loaded).
+    Services {
+        /// Configuration file (TOML) with `[[service]]` rules and `[discovery]` settings.
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[arg(long, short, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Report whether crmprof can run here and what to fix if not.
     Check {
         #[arg(long, short, value_enum, default_value_t = Format::Text)]
@@ -135,20 +143,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             format,
             config,
         } => {
-            let config = load_config(config.as_ref())?;
+            let mut config = load_config(config.as_ref())?;
+            if let Some(btf) = cli.btf {
+                config.btf_path = btf;
+            }
             let selection = if comm.is_empty() && pid.is_empty() {
-                Selection::Auto
+                Selection::Discover
             } else {
                 Selection::Explicit {
                     comms: comm,
                     pids: pid,
                 }
             };
-            let opts = Options {
-                selection,
-                btf_path: cli.btf.unwrap_or(config.btf_path),
-                max_services: config.max_services,
-            };
+            let opts = Options { selection, config };
             let profile = runtime.block_on(run::profile(&opts, duration))?;
             match format {
                 Format::Json => println!(
@@ -165,18 +172,36 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             interval,
             quiet,
         } => {
-            let config = load_config(config.as_ref())?;
-            let opts = Options {
-                selection: Selection::Auto,
-                btf_path: cli.btf.unwrap_or(config.btf_path),
-                max_services: config.max_services,
-            };
+            let mut config = load_config(config.as_ref())?;
+            if let Some(btf) = cli.btf {
+                config.btf_path = btf;
+            }
             let daemon = DaemonOptions {
                 interval: interval.unwrap_or(config.interval),
-                data_dir: data_dir.unwrap_or(config.data_dir),
+                data_dir: data_dir.unwrap_or_else(|| config.data_dir.clone()),
                 live: !quiet,
             };
+            let opts = Options {
+                selection: Selection::Discover,
+                config,
+            };
             runtime.block_on(run::daemon(&opts, &daemon))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Services { config, format } => {
+            let opts = Options {
+                selection: Selection::Discover,
+                config: load_config(config.as_ref())?,
+            };
+            let registry = run::discover(&opts)?;
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&render::services_json(&registry))
+                        .context("encoding the services")?
+                ),
+                Format::Text => print!("{}", render::services_text(&registry)),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { format } => {

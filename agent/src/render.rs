@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::{
+    discovery::{Registry, procfs},
     profile::{Profile, ServiceProfile},
     verdict::TimeBudget,
 };
@@ -278,6 +279,73 @@ pub fn summary(profile: &Profile, max_services: usize) -> String {
     let idle = profile.services.len() - rows.len();
     if idle > 0 {
         let _ = writeln!(out, "({idle} services idle)");
+    }
+    out
+}
+
+/// `crmprof services --format json`: each service, its rule and its processes.
+pub fn services_json(registry: &Registry) -> serde_json::Value {
+    let services: Vec<serde_json::Value> = registry
+        .services()
+        .iter()
+        .map(|s| {
+            let processes: Vec<serde_json::Value> = s
+                .live
+                .iter()
+                .map(|&pid| {
+                    serde_json::json!({
+                        "pid": pid,
+                        "comm": procfs::read_comm(pid).unwrap_or_default(),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": s.name,
+                "rule": s.rule.describe(),
+                "processes": processes,
+            })
+        })
+        .collect();
+    serde_json::json!({ "services": services })
+}
+
+/// `crmprof services`: one block per service.
+pub fn services_text(registry: &Registry) -> String {
+    let mut out = String::new();
+    let mut services: Vec<_> = registry.services().iter().collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    for s in services {
+        let _ = writeln!(
+            out,
+            "{:<28} {:>4} processes  ({})",
+            s.name,
+            s.live.len(),
+            s.rule.describe()
+        );
+        let pids: Vec<String> = s
+            .live
+            .iter()
+            .take(8)
+            .map(|&p| format!("{p} {}", procfs::read_comm(p).unwrap_or_default()))
+            .collect();
+        let more = s.live.len().saturating_sub(8);
+        let _ = writeln!(
+            out,
+            "    {}{}",
+            pids.join(", "),
+            if more > 0 {
+                format!(", … {more} more")
+            } else {
+                String::new()
+            }
+        );
+    }
+    if registry.services_over_limit > 0 {
+        let _ = writeln!(
+            out,
+            "{} processes were left out: max_services reached",
+            registry.services_over_limit
+        );
     }
     out
 }

@@ -17,7 +17,8 @@ use tokio::{
 
 use crate::{
     collection::Collector,
-    discovery::{Registry, Selection},
+    config::Config,
+    discovery::{self, Registry, Selection},
     probes::{LoadOptions, Probes},
     profile::Profile,
     render,
@@ -28,22 +29,41 @@ const EVENT_DRAIN_PERIOD: Duration = Duration::from_millis(250);
 
 pub struct Options {
     pub selection: Selection,
-    pub btf_path: PathBuf,
-    pub max_services: usize,
+    pub config: Config,
+}
+
+impl Options {
+    fn registry(&self) -> Registry {
+        Registry::new(discovery::Options {
+            selection: self.selection.clone(),
+            rules: self.config.compiled_rules(),
+            discovery: self.config.discovery.clone(),
+            max_services: self.config.max_services,
+        })
+    }
+}
+
+/// What discovery finds, without loading any probe (`crmprof services`).
+pub fn discover(opts: &Options) -> anyhow::Result<Registry> {
+    let mut registry = opts.registry();
+    registry.start(&mut discovery::DryRun)?;
+    Ok(registry)
 }
 
 /// Loads the probes and resolves the selection.
 pub fn start(opts: &Options) -> anyhow::Result<Collector> {
+    let mut registry = opts.registry();
     let mut probes = Probes::load(&LoadOptions {
-        btf_path: &opts.btf_path,
-        report_all_execs: opts.selection == Selection::Auto,
+        btf_path: &opts.config.btf_path,
+        report_all_execs: registry.wants_all_execs(),
+        report_listens: registry.wants_listens(),
+        max_threads: opts.config.max_threads,
     })?;
     for (group, status) in &probes.status {
         if let Some(error) = &status.error {
             log::warn!("probe group {group} is not running: {error}");
         }
     }
-    let mut registry = Registry::new(opts.selection.clone(), opts.max_services);
     registry.start(&mut probes)?;
     let collector = Collector::new(probes, registry)?;
     // Tests wait for this line: from here on every selected syscall is counted.

@@ -102,6 +102,10 @@ pub struct LoadOptions<'a> {
     pub btf_path: &'a Path,
     /// Report every exec on the host (for auto-discovery), not only those of selected processes.
     pub report_all_execs: bool,
+    /// Report every TCP listen on the host (for `port` rules).
+    pub report_listens: bool,
+    /// Size of the THREADS map: selected threads tracked by the scheduler probes.
+    pub max_threads: u32,
 }
 
 /// The loaded programs and their maps.
@@ -109,6 +113,8 @@ pub struct Probes {
     ebpf: Ebpf,
     pub status: BTreeMap<&'static str, GroupStatus>,
     pid_max: u32,
+    /// Processes the agent itself put into services, minus those it took out.
+    selected_by_agent: i64,
 }
 
 impl Probes {
@@ -120,6 +126,7 @@ impl Probes {
         raise_memlock_rlimit();
         let agent_tgid = std::process::id();
         let report_all_execs = u32::from(opts.report_all_execs);
+        let report_listens = u32::from(opts.report_listens);
         let ephemeral_min = read_ephemeral_port_min();
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::OFFSETS, &offsets, true)
@@ -127,6 +134,8 @@ impl Probes {
             .override_global(globals::EPHEMERAL_PORT_MIN, &ephemeral_min, true)
             .override_global(globals::LOCK_IDLE_NS, &sched::LOCK_IDLE_NS, true)
             .override_global(globals::REPORT_ALL_EXECS, &report_all_execs, true)
+            .override_global(globals::REPORT_LISTENS, &report_listens, true)
+            .map_max_entries(maps::THREADS, opts.max_threads)
             // One element per four tgids, one start slot per tid: see the map comments.
             .map_max_entries(maps::PID_SERVICE, pid_max.div_ceil(4))
             .map_max_entries(maps::SYSCALL_START, pid_max)
@@ -164,6 +173,7 @@ impl Probes {
             ebpf,
             status,
             pid_max,
+            selected_by_agent: 0,
         })
     }
 
@@ -192,7 +202,13 @@ impl Probes {
             reason: e.to_string(),
         };
         let mut group = map.get(&index, 0).map_err(write_err)?;
+        let old = group[(tgid % 4) as usize];
         group[(tgid % 4) as usize] = service;
+        if old == 0 && service != 0 {
+            self.selected_by_agent += 1;
+        } else if old != 0 && service == 0 {
+            self.selected_by_agent -= 1;
+        }
         // A whole-element write: it can race with the kernel setting a neighbour pid at fork.
         // The agent re-reads selection after start-up (see discovery) to repair such a race.
         map.set(index, group, 0).map_err(write_err)
@@ -239,6 +255,23 @@ impl Probes {
         Ok(out)
     }
 
+    /// Processes in a service now, from the kernel's and the agent's bookkeeping (an O(1)
+    /// answer: walking PID_SERVICE would cost a syscall per four pids).
+    pub fn tracked_processes(&self) -> Result<i64, ProbeError> {
+        let c = self.counters()?;
+        let n = |k: Counter| c.get(counter_name(k)).copied().unwrap_or(0) as i64;
+        Ok(self.selected_by_agent + n(Counter::ProcessesSelected) - n(Counter::ProcessesReleased))
+    }
+
+    /// Threads in the scheduler probes' THREADS map now.
+    pub fn tracked_threads(&self) -> usize {
+        map_ref::<aya::maps::HashMap<&MapData, u32, agent_ebpf::ThreadState>>(
+            &self.ebpf,
+            maps::THREADS,
+        )
+        .map_or(0, |m| m.keys().count())
+    }
+
     /// The ring buffer of process lifecycle events; taken once by the collector.
     pub fn take_proc_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
@@ -281,12 +314,20 @@ pub fn counter_name(counter: Counter) -> &'static str {
         Counter::DropSockOwnerFull => "socket_owner_map_full",
         Counter::DropBlockTrackFull => "block_tracking_map_full",
         Counter::DropDiskStatsFull => "disk_stats_map_full",
+        Counter::ProcessesSelected => "processes_selected",
+        Counter::ProcessesReleased => "processes_released",
     }
 }
 
 /// Counters that are events, not losses.
 pub fn is_loss(counter: Counter) -> bool {
-    !matches!(counter, Counter::ForkInherited | Counter::ExecMatched)
+    !matches!(
+        counter,
+        Counter::ForkInherited
+            | Counter::ExecMatched
+            | Counter::ProcessesSelected
+            | Counter::ProcessesReleased
+    )
 }
 
 fn attach_group(ebpf: &mut Ebpf, group: &Group) -> GroupStatus {

@@ -17,6 +17,7 @@
 //!   dio-read PATH BYTES       O_DIRECT reads of 1 MiB
 //!   make-file PATH MIB        write a file, fsync it and drop it from the page cache
 //!   mmap-thrash PATH MILLIS   touch random pages of a mapped file (no readahead) for MILLIS
+//!   fork-storm N              fork N children that exit at once, reaping each
 
 use std::{
     ffi::CString,
@@ -183,6 +184,21 @@ fn run(args: &[String]) -> Result<(), String> {
         "mmap-thrash" => {
             let (path, millis) = (text(args, 1)?, num(args, 2)?);
             mmap_thrash(path, Duration::from_millis(millis))?;
+        }
+        "fork-storm" => {
+            let n = num(args, 1)?;
+            for _ in 0..n {
+                // SAFETY: the child calls only async-signal-safe _exit.
+                match unsafe { libc::fork() } {
+                    0 => unsafe { libc::_exit(0) },
+                    -1 => return Err(format!("fork: {}", std::io::Error::last_os_error())),
+                    child => {
+                        let mut status = 0;
+                        // SAFETY: waiting for our own child.
+                        unsafe { libc::waitpid(child, &mut status, 0) };
+                    }
+                }
+            }
         }
         other => return Err(format!("unknown mode {other}")),
     }
