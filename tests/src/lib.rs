@@ -317,3 +317,47 @@ pub fn sh(cmd: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Fraction of all CPUs busy over `over`, from /proc/stat.
+pub fn cpu_busy(over: std::time::Duration) -> f64 {
+    let sample = || -> (u64, u64) {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let v: Vec<u64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let total: u64 = v.iter().take(8).sum();
+        let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+        (total - idle, total)
+    };
+    let (b0, t0) = sample();
+    std::thread::sleep(over);
+    let (b1, t1) = sample();
+    if t1 == t0 {
+        0.0
+    } else {
+        (b1 - b0) as f64 / (t1 - t0) as f64
+    }
+}
+
+/// Waits (up to `timeout`) until something else's CPU use drops below `max_busy`, so a
+/// scenario whose truth depends on an otherwise idle host gets one. Returns the last reading.
+pub fn wait_for_quiet_cpu(max_busy: f64, timeout: std::time::Duration) -> f64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let busy = cpu_busy(Duration::from_millis(500));
+        if busy < max_busy || Instant::now() >= deadline {
+            if busy >= max_busy {
+                println!(
+                    "note: the host stayed {:.0}% busy with other work",
+                    busy * 100.0
+                );
+            }
+            return busy;
+        }
+    }
+}

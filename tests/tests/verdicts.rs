@@ -3,9 +3,11 @@
 //! verdict → evidence, then asserts.
 #![expect(clippy::expect_used, reason = "tests panic with a message")]
 
-use std::{os::unix::fs::MetadataExt as _, process::Command};
+use std::{os::unix::fs::MetadataExt as _, process::Command, time::Duration};
 
-use integration_tests::{Agent, Scratch, Workload, parse_profile, privileged, service, sh};
+use integration_tests::{
+    Agent, Scratch, Workload, parse_profile, privileged, service, sh, wait_for_quiet_cpu,
+};
 use serde_json::Value;
 
 struct Outcome {
@@ -19,8 +21,10 @@ fn tag(prefix: &str) -> String {
     format!("{prefix}{}", std::process::id() % 100_000)
 }
 
-/// Profiles `names` while `run` drives the workload, and returns the profile.
+/// Profiles `names` while `run` drives the workload, and returns the profile. Each scenario's
+/// truth assumes the host is otherwise idle, so it first waits (up to a minute) for that.
 fn profile(names: &[&str], run: impl FnOnce()) -> Value {
+    wait_for_quiet_cpu(0.15, Duration::from_secs(60));
     let mut args = vec!["profile", "--duration", "60s"];
     for n in names {
         args.push("--comm");
