@@ -71,6 +71,9 @@ pub mod programs {
     pub const BIO_QUEUE: &str = "block_bio_queue";
     pub const RQ_ISSUE: &str = "block_rq_issue";
     pub const RQ_COMPLETE: &str = "block_rq_complete";
+    /// Empty programs: the benchmark's floor.
+    pub const FLOOR_SYS_ENTER: &str = "floor_sys_enter";
+    pub const FLOOR_SYS_EXIT: &str = "floor_sys_exit";
 }
 
 /// Names of the globals the agent sets at load time with `EbpfLoader::set_global`.

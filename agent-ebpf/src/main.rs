@@ -4,6 +4,7 @@
 #![no_main]
 
 mod disk;
+mod floor;
 mod net;
 mod process;
 mod sched;

@@ -76,6 +76,10 @@ enum Command {
         #[arg(long, short, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Attach only empty programs on the syscall tracepoints until interrupted: the cost floor
+    /// for `cargo xtask bench`.
+    #[command(hide = true)]
+    BenchFloor,
     /// Configuration file tools.
     Config {
         #[command(subcommand)]
@@ -219,6 +223,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::BenchFloor => {
+            let _floor = crmprof::probes::load_floor()?;
+            eprintln!("crmprof: measuring the floor (empty programs attached); Ctrl-C to stop");
+            runtime
+                .block_on(async {
+                    let mut term =
+                        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+                    tokio::select! {
+                        r = tokio::signal::ctrl_c() => r,
+                        _ = term.recv() => Ok(()),
+                    }
+                })
+                .context("waiting for a signal")?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Config {
             command: ConfigCommand::Check { file },

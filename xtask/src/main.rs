@@ -1,6 +1,7 @@
 //! `cargo xtask`: what cargo alone cannot do — toolchain setup, running the agent as root,
 //! the privileged test suite.
 
+mod bench;
 mod setup;
 mod tasks;
 mod util;
@@ -27,6 +28,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Measure crmprof's overhead against the empty-probe floor and bpftrace; writes
+    /// BENCHMARKS.md. With --quick (under 3 minutes), fails when the per-syscall ratio exceeds
+    /// its target by more than the machine's noise explains.
+    Bench {
+        #[arg(long)]
+        quick: bool,
+    },
     /// Formatting, lints, unit tests, then the privileged integration tests one at a time.
     Test {
         /// Only run integration tests whose name contains this.
@@ -41,6 +49,7 @@ fn main() -> ExitCode {
         Task::Setup => setup::run().map(|_| ()),
         Task::Build => setup::run().and_then(|_| tasks::build()),
         Task::Run { args } => setup::run().and_then(|_| tasks::run(&args)),
+        Task::Bench { quick } => setup::run().and_then(|_| bench::run(&bench::Options { quick })),
         Task::Test { filter } => setup::run().and_then(|_| tasks::test(filter.as_deref())),
     };
     match result {

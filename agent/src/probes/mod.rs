@@ -296,6 +296,24 @@ impl Probes {
     }
 }
 
+/// Loads the object and attaches only the empty floor programs on sys_enter/sys_exit: the
+/// baseline cost of having any BPF program there, for `cargo xtask bench`.
+pub fn load_floor() -> Result<Ebpf, ProbeError> {
+    privileges::require_bpf()?;
+    raise_memlock_rlimit();
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .map_err(|e| ProbeError::Load(error_chain(&e)))?;
+    for (program, tracepoint) in [
+        (programs::FLOOR_SYS_ENTER, "sys_enter"),
+        (programs::FLOOR_SYS_EXIT, "sys_exit"),
+    ] {
+        attach_one(&mut ebpf, program, tracepoint)
+            .map_err(|e| ProbeError::NothingAttached(format!("{program}: {e}")))?;
+    }
+    Ok(ebpf)
+}
+
 /// The stable name of a counter in profiles and `crmprof check`.
 pub fn counter_name(counter: Counter) -> &'static str {
     match counter {

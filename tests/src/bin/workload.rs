@@ -18,6 +18,8 @@
 //!   make-file PATH MIB        write a file, fsync it and drop it from the page cache
 //!   mmap-thrash PATH MILLIS   touch random pages of a mapped file (no readahead) for MILLIS
 //!   fork-storm N              fork N children that exit at once, reaping each
+//!   syscall-loop N            N getppid calls; prints the mean ns per call
+//!   syscall-rate RATE MILLIS  getppid at RATE calls/s for MILLIS, in 1 ms batches
 
 use std::{
     ffi::CString,
@@ -197,6 +199,32 @@ fn run(args: &[String]) -> Result<(), String> {
                         // SAFETY: waiting for our own child.
                         unsafe { libc::waitpid(child, &mut status, 0) };
                     }
+                }
+            }
+        }
+        "syscall-loop" => {
+            let n = num(args, 1)?;
+            let start = Instant::now();
+            for _ in 0..n {
+                // SAFETY: getppid has no preconditions.
+                unsafe { libc::getppid() };
+            }
+            println!("{:.1}", start.elapsed().as_nanos() as f64 / n.max(1) as f64);
+        }
+        "syscall-rate" => {
+            let (rate, millis) = (num(args, 1)?, num(args, 2)?);
+            let per_ms = rate / 1000;
+            let start = Instant::now();
+            let mut tick = 0u64;
+            while start.elapsed() < Duration::from_millis(millis) {
+                for _ in 0..per_ms {
+                    // SAFETY: getppid has no preconditions.
+                    unsafe { libc::getppid() };
+                }
+                tick += 1;
+                let next = start + Duration::from_millis(tick);
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
                 }
             }
         }

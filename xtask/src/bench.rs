@@ -1,0 +1,565 @@
+//! `cargo xtask bench`: what crmprof costs, measured as ratios in one run — never as timed
+//! tests. Writes BENCHMARKS.md.
+//!
+//! Per-syscall cost: a null-syscall loop (getppid) under five configurations, interleaved round
+//! by round so drift hits them all alike: no probes (baseline), empty raw tracepoints on
+//! sys_enter/sys_exit (the floor), crmprof with the loop selected, crmprof with it not
+//! selected, and bpftrace's equivalent per-(comm, syscall) latency histogram. The added cost of
+//! each is its time minus the baseline's; ratios are to the floor's added cost.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{is_root, output, step, workspace_root};
+
+/// The loop's comm while measured.
+const LOOP_NAME: &str = "crmbench-loop";
+/// Target: added cost of a selected process ≤ 1.3 × the floor's; unselected ≤ 1.05 ×.
+const TARGET_SELECTED: f64 = 1.30;
+const TARGET_UNSELECTED: f64 = 1.05;
+
+pub struct Options {
+    pub quick: bool,
+}
+
+struct Tools {
+    crmprof: PathBuf,
+    workload: PathBuf,
+    scratch: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Config {
+    Baseline,
+    Floor,
+    Selected,
+    Unselected,
+    Bpftrace,
+}
+
+impl Config {
+    fn label(self) -> &'static str {
+        match self {
+            Config::Baseline => "baseline (no probes)",
+            Config::Floor => "floor (empty raw tracepoints)",
+            Config::Selected => "crmprof, process selected",
+            Config::Unselected => "crmprof, process not selected",
+            Config::Bpftrace => "bpftrace latency histogram",
+        }
+    }
+}
+
+/// A tracer running in the background until dropped (SIGINT, then wait).
+struct Tracer(Option<Child>);
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts `cmd` and waits until a line of its stdout or stderr contains `ready`.
+fn start_tracer(mut cmd: Command, ready: &str) -> anyhow::Result<Tracer> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let (tx, rx) = mpsc::channel::<String>();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let tracer = Tracer(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(line) if line.contains(ready) => {
+                // Keep draining so the tracer never blocks on a full pipe.
+                std::thread::spawn(move || while rx.recv().is_ok() {});
+                return Ok(tracer);
+            }
+            Ok(line) => seen.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    bail!(
+        "{cmd:?} did not become ready ({ready:?}); it said:\n{}",
+        seen.join("\n")
+    )
+}
+
+impl Tools {
+    fn tracer(&self, config: Config) -> anyhow::Result<Option<Tracer>> {
+        Ok(match config {
+            Config::Baseline => None,
+            Config::Floor => {
+                let mut c = Command::new(&self.crmprof);
+                c.arg("bench-floor");
+                Some(start_tracer(c, "measuring the floor")?)
+            }
+            Config::Selected | Config::Unselected => {
+                let comm = if config == Config::Selected {
+                    LOOP_NAME
+                } else {
+                    "nobody-at-all"
+                };
+                let mut c = Command::new(&self.crmprof);
+                c.args(["-v", "profile", "--duration", "1h", "--comm", comm]);
+                Some(start_tracer(c, "measuring")?)
+            }
+            Config::Bpftrace => {
+                let script = format!(
+                    "tracepoint:raw_syscalls:sys_enter /comm == \"{LOOP_NAME}\"/ {{ @start[tid] = nsecs; }} \
+                     tracepoint:raw_syscalls:sys_exit /@start[tid]/ {{ @lat[comm, args->id] = hist(nsecs - @start[tid]); delete(@start[tid]); }}"
+                );
+                let mut c = Command::new("bpftrace");
+                c.arg("-e").arg(script);
+                Some(start_tracer(c, "Attaching")?)
+            }
+        })
+    }
+
+    /// ns per getppid over `n` calls, run as LOOP_NAME.
+    fn null_loop(&self, n: u64) -> anyhow::Result<f64> {
+        let out = Command::new(self.scratch.join(LOOP_NAME))
+            .args(["syscall-loop", &n.to_string()])
+            .output()
+            .context("running the syscall loop")?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("the syscall loop printed no figure")
+    }
+}
+
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let median = if s.is_empty() { 0.0 } else { s[s.len() / 2] };
+    (
+        s.first().copied().unwrap_or(0.0),
+        median,
+        s.last().copied().unwrap_or(0.0),
+    )
+}
+
+/// Waits (up to a minute) for the machine to be otherwise idle: figures from a busy machine
+/// measure the other load.
+fn wait_for_quiet() -> f64 {
+    let busy = || {
+        let read = || -> (u64, u64) {
+            let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+            let v: Vec<u64> = stat
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            let total: u64 = v.iter().take(8).sum();
+            (
+                total - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0),
+                total,
+            )
+        };
+        let (b0, t0) = read();
+        std::thread::sleep(Duration::from_millis(500));
+        let (b1, t1) = read();
+        if t1 > t0 {
+            (b1 - b0) as f64 / (t1 - t0) as f64
+        } else {
+            0.0
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let b = busy();
+        if b < 0.10 || Instant::now() > deadline {
+            return b;
+        }
+    }
+}
+
+/// CPU time (ns) of a process, from /proc/PID/stat.
+fn cpu_ns(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // Fields after the comm: state(0, not numeric, filtered) ... utime is field 14 overall.
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    ticks * 10_000_000 // USER_HZ = 100
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Context switches of all of a process's threads: each is a wake-up or a preemption.
+fn switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+/// Programs' (name → (run_time_ns, run_cnt)) loaded after `before` (program ids).
+fn bpf_prog_stats(before: &[u64]) -> BTreeMap<String, (u64, u64)> {
+    let Some(json) = output(Command::new("bpftool").args(["prog", "show", "--json"])) else {
+        return BTreeMap::new();
+    };
+    let mut out = BTreeMap::new();
+    // A tiny extraction without a JSON dependency in xtask: objects are flat enough.
+    for obj in json.split("},{") {
+        let field = |k: &str| -> Option<String> {
+            let at = obj.find(&format!("\"{k}\":"))? + k.len() + 3;
+            let rest = &obj[at..];
+            let end = rest.find([',', '}']).unwrap_or(rest.len());
+            Some(rest[..end].trim_matches('"').to_owned())
+        };
+        let (Some(id), Some(name)) = (field("id"), field("name")) else {
+            continue;
+        };
+        let Ok(id) = id.parse::<u64>() else { continue };
+        if before.contains(&id) {
+            continue;
+        }
+        let time = field("run_time_ns")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let cnt = field("run_cnt").and_then(|v| v.parse().ok()).unwrap_or(0);
+        out.insert(name, (time, cnt));
+    }
+    out
+}
+
+fn prog_ids() -> Vec<u64> {
+    output(Command::new("bpftool").args(["prog", "list"]))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
+}
+
+pub fn run(opts: &Options) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("the bench loads BPF programs: run it as root");
+    }
+    step(
+        "bench: build crmprof and the workloads (release)",
+        Command::new("cargo").args([
+            "build",
+            "--release",
+            "--package",
+            "crmprof",
+            "--package",
+            "integration-tests",
+            "--bins",
+        ]),
+    )?;
+    let target = crate::util::target_dir().join("release");
+    let scratch = std::env::temp_dir().join(format!("crmprof-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let tools = Tools {
+        crmprof: target.join("crmprof"),
+        workload: target.join("workload"),
+        scratch: scratch.clone(),
+    };
+    let link = scratch.join(LOOP_NAME);
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&tools.workload, &link)?;
+    let result = measure(&tools, opts);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
+    let (rounds, calls) = if opts.quick {
+        (5, 1_000_000)
+    } else {
+        (9, 3_000_000)
+    };
+    let have_bpftrace = output(Command::new("bpftrace").arg("--version")).is_some();
+    let mut configs = vec![
+        Config::Baseline,
+        Config::Floor,
+        Config::Selected,
+        Config::Unselected,
+    ];
+    if have_bpftrace {
+        configs.push(Config::Bpftrace);
+    }
+    let quiet = wait_for_quiet();
+    eprintln!(
+        "==> bench: machine {:.0}% busy before starting",
+        quiet * 100.0
+    );
+    let stats_were =
+        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+
+    let mut ns: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
+    let mut prog_stats = BTreeMap::new();
+    for round in 0..rounds {
+        eprintln!("==> bench: per-syscall cost, round {}/{rounds}", round + 1);
+        // Rotate the order each round so no configuration always runs first or last.
+        let mut order = configs.clone();
+        order.rotate_left(round % configs.len());
+        for config in order {
+            let before = prog_ids();
+            let tracer = tools.tracer(config)?;
+            // Warm up, then measure.
+            tools.null_loop(calls / 10)?;
+            let v = tools.null_loop(calls)?;
+            if config == Config::Selected && round + 1 == rounds {
+                prog_stats = bpf_prog_stats(&before);
+            }
+            drop(tracer);
+            ns.entry(config).or_default().push(v);
+        }
+    }
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_were.trim());
+
+    let base = stats(ns.get(&Config::Baseline).map_or(&[][..], Vec::as_slice)).1;
+    let added = |c: Config| -> Vec<f64> {
+        ns.get(&c)
+            .map_or_else(Vec::new, |v| v.iter().map(|x| x - base).collect())
+    };
+    let floor_added = stats(&added(Config::Floor));
+    let ratio = |c: Config| stats(&added(c)).1 / floor_added.1.max(1e-9);
+    // Noise: how much the floor's own added cost moves between rounds.
+    let noise = (floor_added.2 - floor_added.0) / floor_added.1.max(1e-9);
+    let margin = (noise / 2.0).max(0.10);
+
+    eprintln!("==> bench: the agent's own cost at 100k syscalls/s");
+    let own = own_cost(tools, if opts.quick { 5_000 } else { 20_000 })?;
+
+    let mut md = String::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Written by `cargo xtask bench{}` — do not edit by hand. Machine: {cpus} CPUs ({cpu_model}), \
+         Linux {}. The machine was {:.0}% busy with other work when the run started.\n",
+        if opts.quick { " --quick" } else { "" },
+        kernel.trim(),
+        quiet * 100.0
+    );
+    let _ = writeln!(md, "## Per-syscall cost\n");
+    let _ = writeln!(
+        md,
+        "A null-syscall loop (getppid, {calls} calls) under each configuration, {rounds} rounds \
+         interleaved. ns per call (min / median / max); added = median − baseline median; ratio = \
+         added ÷ the floor's added cost.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| configuration | ns/call min | median | max | added ns | × floor |"
+    );
+    let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
+    for c in &configs {
+        let (lo, med, hi) = stats(ns.get(c).map_or(&[][..], Vec::as_slice));
+        let add = med - base;
+        let r = if *c == Config::Baseline {
+            String::from("—")
+        } else {
+            format!("{:.2}", ratio(*c))
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {lo:.1} | {med:.1} | {hi:.1} | {add:.1} | {r} |",
+            c.label()
+        );
+    }
+    let (sel, unsel) = (ratio(Config::Selected), ratio(Config::Unselected));
+    let _ = writeln!(
+        md,
+        "\nTargets: selected ≤ {TARGET_SELECTED:.2} × floor (measured {sel:.2}), not selected ≤ \
+         {TARGET_UNSELECTED:.2} × floor (measured {unsel:.2}). Noise: the floor's added cost \
+         spread {:.0}% between rounds, so the quick check fails only above target + {:.0}% \
+         (half that spread, at least 10%).\n",
+        noise * 100.0,
+        margin * 100.0
+    );
+    if !prog_stats.is_empty() {
+        let _ = writeln!(
+            md,
+            "### Per program (kernel BPF statistics, last selected round)\n"
+        );
+        let _ = writeln!(md, "| program | runs | avg ns per run |");
+        let _ = writeln!(md, "| --- | --- | --- |");
+        for (name, (time, cnt)) in &prog_stats {
+            let avg = if *cnt > 0 {
+                *time as f64 / *cnt as f64
+            } else {
+                0.0
+            };
+            let _ = writeln!(md, "| {name} | {cnt} | {avg:.1} |");
+        }
+        md.push('\n');
+    }
+    let _ = writeln!(md, "## The agent's own cost\n");
+    let _ = writeln!(
+        md,
+        "`crmprof run` (every process selected) while a process makes 100,000 getppid/s for {} s, \
+         against the same time idle.\n",
+        own.seconds
+    );
+    let _ = writeln!(md, "| figure | idle | at 100k syscalls/s |");
+    let _ = writeln!(md, "| --- | --- | --- |");
+    let _ = writeln!(
+        md,
+        "| CPU, % of one core | {:.2} | {:.2} |",
+        own.idle_cpu_pct, own.load_cpu_pct
+    );
+    let _ = writeln!(
+        md,
+        "| context switches (wake-ups) per second | {:.1} | {:.1} |",
+        own.idle_wakeups, own.load_wakeups
+    );
+    let _ = writeln!(
+        md,
+        "| resident memory, MiB | {:.1} | {:.1} |",
+        own.idle_rss_mib, own.load_rss_mib
+    );
+    let _ = writeln!(
+        md,
+        "\nTargets: ≤ 2% of one core at 100k syscalls/s; ≤ 64 MiB resident; wake-ups independent of \
+         the event rate. The 30-minute soak and the nginx/PostgreSQL/Redis throughput runs are not \
+         part of this bench yet."
+    );
+    let path = workspace_root().join("BENCHMARKS.md");
+    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("{md}");
+    eprintln!("    written to {}", path.display());
+
+    if opts.quick {
+        let mut failures = Vec::new();
+        if sel > TARGET_SELECTED + margin {
+            failures.push(format!(
+                "selected {sel:.2} × floor > {TARGET_SELECTED} + {margin:.2}"
+            ));
+        }
+        if unsel > TARGET_UNSELECTED + margin {
+            failures.push(format!(
+                "not selected {unsel:.2} × floor > {TARGET_UNSELECTED} + {margin:.2}"
+            ));
+        }
+        if !failures.is_empty() {
+            bail!("per-syscall overhead above target: {}", failures.join("; "));
+        }
+    }
+    Ok(())
+}
+
+struct OwnCost {
+    seconds: u64,
+    idle_cpu_pct: f64,
+    load_cpu_pct: f64,
+    idle_wakeups: f64,
+    load_wakeups: f64,
+    idle_rss_mib: f64,
+    load_rss_mib: f64,
+}
+
+fn own_cost(tools: &Tools, millis: u64) -> anyhow::Result<OwnCost> {
+    let data = tools.scratch.join("data");
+    let mut c = Command::new(&tools.crmprof);
+    c.args(["-v", "run", "--quiet", "--interval", "10s", "--data-dir"])
+        .arg(&data);
+    let tracer = start_tracer(c, "measuring")?;
+    let pid = tracer.0.as_ref().map_or(0, Child::id);
+    let window = |load: bool| -> anyhow::Result<(f64, f64, f64)> {
+        let (c0, s0, t0) = (cpu_ns(pid), switches(pid), Instant::now());
+        if load {
+            let status = Command::new(tools.scratch.join(LOOP_NAME))
+                .args(["syscall-rate", "100000", &millis.to_string()])
+                .status()
+                .context("running the paced syscall load")?;
+            if !status.success() {
+                bail!("the paced syscall load failed");
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(millis));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        Ok((
+            (cpu_ns(pid) - c0) as f64 / 1e9 / secs * 100.0,
+            (switches(pid) - s0) as f64 / secs,
+            rss_kib(pid) as f64 / 1024.0,
+        ))
+    };
+    let idle = window(false)?;
+    let load = window(true)?;
+    drop(tracer);
+    Ok(OwnCost {
+        seconds: millis / 1000,
+        idle_cpu_pct: idle.0,
+        load_cpu_pct: load.0,
+        idle_wakeups: idle.1,
+        load_wakeups: load.1,
+        idle_rss_mib: idle.2,
+        load_rss_mib: load.2,
+    })
+}
