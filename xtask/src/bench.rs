@@ -358,19 +358,28 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
         let mut order = configs.clone();
         order.rotate_left(round % configs.len());
         for config in order {
-            let before = prog_ids();
             let tracer = tools.tracer(config)?;
             // Warm up, then measure.
             tools.null_loop(calls / 10)?;
             let v = tools.null_loop(calls)?;
-            if config == Config::Selected && round + 1 == rounds {
-                prog_stats = bpf_prog_stats(&before);
-            }
             drop(tracer);
             ns.entry(config).or_default().push(v);
         }
     }
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_were.trim());
+    // Per-program figures from the kernel's BPF statistics, in a separate run: enabling them
+    // times every program run, which would distort the ratios above.
+    let prog_stats = {
+        let stats_were =
+            std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+        let before = prog_ids();
+        let tracer = tools.tracer(Config::Selected)?;
+        tools.null_loop(calls)?;
+        let s = bpf_prog_stats(&before);
+        drop(tracer);
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_were.trim());
+        s
+    };
 
     let base = stats(ns.get(&Config::Baseline).map_or(&[][..], Vec::as_slice)).1;
     let added = |c: Config| -> Vec<f64> {
@@ -445,7 +454,7 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
     if !prog_stats.is_empty() {
         let _ = writeln!(
             md,
-            "### Per program (kernel BPF statistics, last selected round)\n"
+            "### Per program (kernel BPF statistics, a separate selected run; the statistics add the cost of timing each run)\n"
         );
         let _ = writeln!(md, "| program | runs | avg ns per run |");
         let _ = writeln!(md, "| --- | --- | --- |");
@@ -545,8 +554,8 @@ fn own_cost(tools: &Tools, millis: u64) -> anyhow::Result<OwnCost> {
         }
         let secs = t0.elapsed().as_secs_f64();
         Ok((
-            (cpu_ns(pid) - c0) as f64 / 1e9 / secs * 100.0,
-            (switches(pid) - s0) as f64 / secs,
+            cpu_ns(pid).saturating_sub(c0) as f64 / 1e9 / secs * 100.0,
+            switches(pid).saturating_sub(s0) as f64 / secs,
             rss_kib(pid) as f64 / 1024.0,
         ))
     };
