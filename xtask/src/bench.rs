@@ -346,12 +346,7 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
         "==> bench: machine {:.0}% busy before starting",
         quiet * 100.0
     );
-    let stats_were =
-        std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
-    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
-
     let mut ns: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
-    let mut prog_stats = BTreeMap::new();
     for round in 0..rounds {
         eprintln!("==> bench: per-syscall cost, round {}/{rounds}", round + 1);
         // Rotate the order each round so no configuration always runs first or last.
