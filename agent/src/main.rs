@@ -175,6 +175,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 interval: interval.unwrap_or(config.interval),
                 data_dir: data_dir.unwrap_or(config.data_dir),
                 live: !quiet,
+                export: config.export,
             };
             runtime.block_on(run::daemon(&opts, &daemon))?;
             Ok(ExitCode::SUCCESS)
