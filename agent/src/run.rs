@@ -22,6 +22,9 @@ use crate::{
 /// How often pending process events are applied. Fixed, so wake-ups do not follow the load.
 const EVENT_DRAIN_PERIOD: Duration = Duration::from_millis(250);
 
+/// How long a stopping daemon waits for its remote sinks to take the spooled windows.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
+
 pub struct Options {
     pub selection: Selection,
     pub btf_path: PathBuf,
@@ -106,6 +109,7 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
             let _ = std::io::stdout().flush();
         }
         if last {
+            sinks.flush(SHUTDOWN_FLUSH).await;
             log::info!(
                 "stopping; the last window is in {}",
                 sinks.jsonl_path().display()

@@ -9,12 +9,14 @@
 //!
 //! [`metrics`] keeps the running totals all metric sinks render.
 
+pub mod check_service;
 pub mod delivery;
 pub mod jsonl;
 pub mod metrics;
 pub mod otlp;
 pub mod prometheus;
 pub mod remote_write;
+pub mod report;
 pub mod spool;
 
 use std::{
@@ -159,6 +161,24 @@ impl Exporters {
             remotes,
             metrics_addr,
         })
+    }
+
+    /// Waits until every spool is empty or `limit` has passed: on shutdown, so the last window
+    /// reaches a receiver that is up. What is left is sent after the next start.
+    pub async fn flush(&self, limit: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if self.spools.iter().all(|(_, s)| s.usage().0 == 0) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        for (name, spool) in self.spools.iter() {
+            let (n, _) = spool.usage();
+            if n > 0 {
+                log::info!("{name}: {n} batches stay spooled for the next start");
+            }
+        }
     }
 
     pub fn jsonl_path(&self) -> &Path {

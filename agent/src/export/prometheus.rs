@@ -16,7 +16,7 @@ use hyper::{
     Method, Request, Response, StatusCode, body::Bytes, header::CONTENT_TYPE, server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use super::{
@@ -162,6 +162,7 @@ pub async fn serve(
                     async move { Ok::<_, Infallible>(respond(&req, &totals, &delivery)) }
                 });
                 let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
                     .header_read_timeout(std::time::Duration::from_secs(10))
                     .serve_connection(TokioIo::new(stream), service);
                 if let Err(e) = conn.await {
