@@ -7,6 +7,7 @@ packages=(
   util-linux   # setpriv: run crmprof unprivileged in tests
   iproute2     # ip netns / veth / tc for network scenarios
   procps
+  prometheus   # tests/tests/export.rs: remote-write receiver and scraper (started by the tests)
 )
 
 missing=()
@@ -20,4 +21,12 @@ fi
 echo "    packages: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+# Packaged daemons (prometheus) must not start at install: the tests start their own, on
+# loopback and free ports. policy-rc.d answering 101 tells invoke-rc.d "not now".
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy"
+  chmod 755 "$policy"
+  trap 'rm -f "$policy"' EXIT
+fi
 apt-get install -y -qq --no-install-recommends "${missing[@]}"

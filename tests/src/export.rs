@@ -49,7 +49,9 @@ pub fn urlencode(s: &str) -> String {
 /// nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;
@@ -62,9 +64,13 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 /// A value from a Prometheus text exposition: the sample whose name and labels (as written,
 /// e.g. `crmprof_spool_batches{sink="otlp_logs"}`) match exactly.
 pub fn exposition_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// A Prometheus server from the Debian package, on loopback, with the remote-write receiver
@@ -156,7 +162,10 @@ impl Prometheus {
         let doc: Value = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("Prometheus answered {status} with non-JSON ({e}): {body}"));
         assert_eq!(doc["status"], "success", "query {promql}: {body}");
-        doc["data"]["result"].as_array().cloned().unwrap_or_default()
+        doc["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The single value of an instant-vector query, if exactly one series matches.
@@ -276,8 +285,11 @@ impl Receiver {
             while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        let (behaviour, received, stop) =
-                            (Arc::clone(&behaviour), Arc::clone(&received), Arc::clone(&stop));
+                        let (behaviour, received, stop) = (
+                            Arc::clone(&behaviour),
+                            Arc::clone(&received),
+                            Arc::clone(&stop),
+                        );
                         std::thread::spawn(move || serve(stream, &behaviour, &received, &stop));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -306,7 +318,9 @@ impl Drop for Receiver {
 }
 
 fn read_request(stream: &mut TcpStream) -> Option<(String, BTreeMap<String, String>, Vec<u8>)> {
-    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
     let mut reader = BufReader::new(stream.try_clone().ok()?);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
@@ -371,7 +385,11 @@ fn serve(
         }
         Behaviour::Status(code) => {
             record(code);
-            let extra = if code == 429 { "Retry-After: 1\r\n" } else { "" };
+            let extra = if code == 429 {
+                "Retry-After: 1\r\n"
+            } else {
+                ""
+            };
             answer(&mut stream, code, extra, b"test receiver says no");
         }
         Behaviour::Slow(delay) => {

@@ -195,19 +195,22 @@ impl Exporters {
                 return;
             }
         };
+        self.spool_remotes(profile, &json);
+        // The local line goes last: a window in profiles.jsonl is in every spool, even when
+        // the agent is killed in between (then the receivers may get one window more).
         if let Err(e) = self.jsonl.append(json.as_bytes()) {
             log::warn!("appending to {}: {e}", self.jsonl.path.display());
         }
-        if self.remotes.is_empty() {
-            if let Ok(mut totals) = self.totals.lock() {
-                totals.add(profile);
-            }
-            return;
-        }
+    }
+
+    fn spool_remotes(&self, profile: &Profile, json: &str) {
         let Ok(mut totals) = self.totals.lock() else {
             return;
         };
         totals.add(profile);
+        if self.remotes.is_empty() {
+            return;
+        }
         let families = totals.families(&self.stats.families(&self.spools));
         let mut batches = Vec::with_capacity(self.remotes.len());
         for remote in &self.remotes {
@@ -218,7 +221,7 @@ impl Exporters {
                 }
                 SinkKind::OtlpLogs => Ok(otlp::logs_request(
                     &totals,
-                    &json,
+                    json,
                     profile.window.start_unix_ns,
                     &id,
                     unix_now_ns(),
