@@ -387,6 +387,40 @@ mod tests {
     }
 
     #[test]
+    fn totals_are_cumulative_and_forget_absent_services() {
+        use crate::export::report::tests::profile;
+        let mut t = Totals::new(0);
+        t.add(&profile(0, "nginx", 100, 10));
+        t.add(&profile(10, "nginx", 300, 5));
+        let families = t.families(&[]);
+        let find = |name: &str| {
+            families
+                .iter()
+                .find(|f| f.prom_name == name)
+                .map(|f| f.points.clone())
+                .unwrap_or_default()
+        };
+        let duration = find("crmprof_syscall_duration_seconds");
+        let Some(Value::Histogram(h)) = duration.first().map(|p| p.value.clone()) else {
+            panic!("no histogram: {duration:?}");
+        };
+        assert_eq!((h.count, h.sum_ns), (400, 400 * 1_050_000));
+        assert_eq!(duration[0].service.as_deref(), Some("nginx"));
+        let errors = find("crmprof_syscall_errors_total");
+        assert_eq!(errors[0].value, Value::Number(15.0));
+        assert_eq!(find("crmprof_windows_total")[0].value, Value::Number(2.0));
+        // `x` is dropped once per window in the test profile.
+        assert_eq!(
+            find("crmprof_dropped_events_total")[0].value,
+            Value::Number(2.0)
+        );
+        // Two hours later, without nginx: forgotten.
+        t.add(&profile(7_200, "redis", 1, 0));
+        assert!(!t.services.contains_key("nginx"));
+        assert!(t.services.contains_key("redis"));
+    }
+
+    #[test]
     fn histogram_adds_and_counts_at_boundaries() {
         let mut h = ExpHistogram::default();
         // 1024 ns is 2^10: bucket 40 in the kernel (lower-inclusive), bound 2^(41/4) → 1218.
