@@ -55,6 +55,7 @@ pub struct Pressure {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct HostUse {
     pub per_cpu: Vec<CpuUse>,
     /// Mean over CPUs.

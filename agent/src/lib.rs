@@ -3,8 +3,8 @@
 //! Data flows through the modules in this order:
 //! [`probes`] (kernel programs and their maps) → [`discovery`] (which processes form which
 //! service) → [`collection`] (map reads turned into per-window deltas) → [`profile`] (the
-//! `crmprof.profile/v1` document) → [`verdict`] (time budget and bottleneck) → [`render`] (for a person) and the data directory
-//! ([`run`]).
+//! `crmprof.profile/v1` document) → [`verdict`] (time budget and bottleneck) → [`render`] (for
+//! a person) and [`export`] (the data directory, Prometheus, OTLP), driven by [`run`].
 
 pub mod cgroup;
 pub mod check;
@@ -12,6 +12,7 @@ pub mod collection;
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod export;
 pub mod histogram;
 pub mod host;
 pub mod names;

@@ -6,8 +6,10 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use crmprof::{
     check,
+    collection::unix_now_ns,
     config::Config,
     discovery::Selection,
+    export::{check_service, report},
     probes::error_chain,
     render,
     run::{self, DaemonOptions, Options},
@@ -71,6 +73,48 @@ enum Command {
         #[arg(long, short, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Summarise the profiles in the data directory for a person.
+    Report {
+        /// How far back to look ("1h", "30m").
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        since: Duration,
+        /// Only this service.
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+        /// Rows per table.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+        /// Data directory (default: the configuration's).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, short, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Nagios/Icinga/Zabbix plugin: one status line with perfdata about a service; exits
+    /// 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    CheckService {
+        #[arg(long, value_name = "NAME")]
+        service: String,
+        /// Only this syscall (default: all of the service's syscalls).
+        #[arg(long, value_name = "NAME")]
+        syscall: Option<String>,
+        /// What --warn and --crit apply to: p99 (ms), error-ratio (%), calls (per second).
+        #[arg(long, value_enum, default_value_t = CheckMetric::P99)]
+        metric: CheckMetric,
+        /// Warning range (plugin syntax: 10, 10:, ~:10, 10:20, @10:20).
+        #[arg(long, short, value_parser = check_service::Range::parse, allow_hyphen_values = true)]
+        warn: Option<check_service::Range>,
+        /// Critical range.
+        #[arg(long, short, value_parser = check_service::Range::parse, allow_hyphen_values = true)]
+        crit: Option<check_service::Range>,
+        /// Period to evaluate: the windows that ended within it ("1m").
+        #[arg(long, default_value = "1m", value_parser = parse_duration)]
+        since: Duration,
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, short = 'f', value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Report whether crmprof can run here and what to fix if not.
     Check {
         #[arg(long, short, value_enum, default_value_t = Format::Text)]
@@ -94,6 +138,13 @@ enum ConfigCommand {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum CheckMetric {
+    P99,
+    ErrorRatio,
+    Calls,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Json,
     Text,
@@ -110,6 +161,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A monitoring plugin answers UNKNOWN (3), never a generic failure, whatever goes wrong.
+    if let Command::CheckService { .. } = cli.command {
+        return check_service_main(cli.command);
+    }
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -132,6 +187,50 @@ fn load_config(path: Option<&PathBuf>) -> anyhow::Result<Config> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     })
+}
+
+fn check_service_main(command: Command) -> ExitCode {
+    let Command::CheckService {
+        service,
+        syscall,
+        metric,
+        warn,
+        crit,
+        since,
+        data_dir,
+        config,
+    } = command
+    else {
+        return ExitCode::from(3);
+    };
+    let status = match load_config(config.as_ref()) {
+        Err(e) => check_service::Status::unknown(&format!("{e:#}")),
+        Ok(cfg) => {
+            let dir = data_dir.unwrap_or(cfg.data_dir);
+            let since_ns = unix_now_ns().saturating_sub(since.as_nanos() as u64);
+            match report::load(&dir, since_ns) {
+                Err(e) => check_service::Status::unknown(&e.to_string()),
+                Ok((profiles, _)) => {
+                    let summary = report::summarise(&profiles, Some(&service));
+                    let metric = match metric {
+                        CheckMetric::P99 => check_service::Metric::P99,
+                        CheckMetric::ErrorRatio => check_service::Metric::ErrorRatio,
+                        CheckMetric::Calls => check_service::Metric::Calls,
+                    };
+                    check_service::evaluate(
+                        &summary,
+                        &service,
+                        syscall.as_deref(),
+                        metric,
+                        warn,
+                        crit,
+                    )
+                }
+            }
+        }
+    };
+    println!("{}", status.line);
+    ExitCode::from(status.code)
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -184,6 +283,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 interval: interval.unwrap_or(config.interval),
                 data_dir: data_dir.unwrap_or_else(|| config.data_dir.clone()),
                 live: !quiet,
+                export: config.export.clone(),
             };
             let opts = Options {
                 selection: Selection::Discover,
@@ -208,6 +308,42 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Report {
+            since,
+            service,
+            top,
+            data_dir,
+            config,
+        } => {
+            let dir = data_dir.unwrap_or(load_config(config.as_ref())?.data_dir);
+            let since_ns = unix_now_ns().saturating_sub(since.as_nanos() as u64);
+            let (profiles, bad) = report::load(&dir, since_ns)?;
+            if profiles.is_empty() {
+                anyhow::bail!(
+                    "no window in {} ended in the last {}; try a longer --since",
+                    dir.display(),
+                    humantime::format_duration(since)
+                );
+            }
+            let summary = report::summarise(&profiles, service.as_deref());
+            if let Some(name) = &service
+                && summary.services.is_empty()
+            {
+                anyhow::bail!(
+                    "no service named {name:?} in the last {}; `crmprof report` lists them",
+                    humantime::format_duration(since)
+                );
+            }
+            print!("{}", report::text(&summary, top));
+            if bad > 0 {
+                eprintln!(
+                    "note: {bad} lines in {} are not profile documents",
+                    dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckService { .. } => Ok(ExitCode::from(3)),
         Command::Check { format } => {
             let btf = cli.btf.unwrap_or_else(|| Config::default().btf_path);
             let report = check::run(&btf);

@@ -74,7 +74,9 @@ impl From<&GroupStatus> for ProbeReport {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Fields added after the first release default when reading older documents.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ServiceProfile {
     pub name: String,
     pub pids: Vec<u32>,

@@ -1,13 +1,7 @@
 //! The two ways of measuring: `crmprof profile` (one window, then exit) and `crmprof run` (the
 //! daemon: a window every interval, appended to the data directory and summarised live).
 
-use std::{
-    fs::{self, OpenOptions},
-    io::Write as _,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use tokio::{
@@ -17,8 +11,9 @@ use tokio::{
 
 use crate::{
     collection::Collector,
-    config::Config,
+    config::{Config, ExportConfig},
     discovery::{self, Registry, Selection},
+    export::Exporters,
     probes::{LoadOptions, Probes},
     profile::Profile,
     render,
@@ -26,6 +21,9 @@ use crate::{
 
 /// How often pending process events are applied. Fixed, so wake-ups do not follow the load.
 const EVENT_DRAIN_PERIOD: Duration = Duration::from_millis(250);
+
+/// How long a stopping daemon waits for its remote sinks to take the spooled windows.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(5);
 
 pub struct Options {
     pub selection: Selection,
@@ -93,17 +91,21 @@ pub struct DaemonOptions {
     pub data_dir: PathBuf,
     /// Print the per-service summary to stdout every interval.
     pub live: bool,
+    pub export: ExportConfig,
 }
 
-/// Runs until SIGINT or SIGTERM; the last, partial window is written before exiting.
+/// Runs until SIGINT or SIGTERM; the last, partial window is exported before exiting (remote
+/// sinks get it from their spool, at once or after the next start).
 pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()> {
-    let sink = JsonLines::open(&daemon.data_dir)?;
+    let mut sinks = Exporters::start(&daemon.export, &daemon.data_dir)
+        .await
+        .context("starting the exporters")?;
     let mut collector = start(opts)?;
     log::info!(
         "profiling {} services; a profile every {:?} into {}",
         collector.registry.services().len(),
         daemon.interval,
-        sink.path.display()
+        sinks.jsonl_path().display()
     );
     let mut window = interval_at(Instant::now() + daemon.interval, daemon.interval);
     window.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -119,47 +121,19 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
             _ = terminate.recv() => true,
         };
         let profile = collector.collect()?;
-        sink.append(&profile)?;
+        // Local file and spools only: delivery runs on the sinks' own tasks.
+        sinks.window(&profile);
         if daemon.live {
             print!("{}", render::summary(&profile, 20));
             let _ = std::io::stdout().flush();
         }
         if last {
-            log::info!("stopping; the last window is in {}", sink.path.display());
+            sinks.flush(SHUTDOWN_FLUSH).await;
+            log::info!(
+                "stopping; the last window is in {}",
+                sinks.jsonl_path().display()
+            );
             return Ok(());
         }
-    }
-}
-
-/// Profiles appended to `DATA_DIR/profiles.jsonl`, one document per line. The directory is
-/// created 0700 and the file 0600: profiles name processes and peers.
-struct JsonLines {
-    path: PathBuf,
-}
-
-impl JsonLines {
-    fn open(dir: &Path) -> anyhow::Result<Self> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating the data directory {}", dir.display()))?;
-        Ok(Self {
-            path: dir.join("profiles.jsonl"),
-        })
-    }
-
-    fn append(&self, profile: &Profile) -> anyhow::Result<()> {
-        let mut line = serde_json::to_vec(profile).context("encoding a profile")?;
-        line.push(b'\n');
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))?;
-        // One write of the whole line: a crash leaves whole lines only.
-        file.write_all(&line)
-            .with_context(|| format!("appending to {}", self.path.display()))
     }
 }

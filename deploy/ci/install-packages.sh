@@ -11,6 +11,7 @@ packages=(
   postgresql
   postgresql-client
   redis-server
+  prometheus   # tests/tests/export.rs: remote-write receiver and scraper (started by the tests)
 )
 
 missing=()
@@ -23,16 +24,14 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 echo "    packages: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-# The tests start their own server instances on loopback: keep the packages' maintainer
-# scripts from starting the system ones.
+# Packaged daemons (nginx, postgresql, redis, prometheus) must not start at install: the tests
+# start their own, on loopback and free ports. policy-rc.d answering 101 tells invoke-rc.d
+# "not now".
 policy=/usr/sbin/policy-rc.d
-had_policy=0
-[ -e "$policy" ] && had_policy=1
-if [ "$had_policy" = 0 ]; then
+if [ ! -e "$policy" ]; then
   printf '#!/bin/sh\nexit 101\n' > "$policy"
-  chmod +x "$policy"
+  chmod 755 "$policy"
+  trap 'rm -f "$policy"' EXIT
 fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
-[ "$had_policy" = 0 ] && rm -f "$policy"
-true

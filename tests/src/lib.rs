@@ -4,6 +4,8 @@
 //! Tests panic with a message rather than return errors (as aya's do).
 #![expect(clippy::expect_used, reason = "tests panic with a message")]
 
+pub mod export;
+
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     os::unix::fs::symlink,
@@ -216,6 +218,13 @@ impl Agent {
             "crmprof did not log {needle:?} within {timeout:?}; stderr so far:\n{}",
             self.stderr_seen.join("\n")
         );
+    }
+
+    /// Collects the stderr lines logged so far into `stderr_seen`, without waiting.
+    pub fn drain_stderr(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.stderr_seen.push(line);
+        }
     }
 
     /// Sends SIGINT (the window closes early) and returns stdout, asserting a zero exit.
