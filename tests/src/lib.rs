@@ -15,10 +15,17 @@ use std::{
 
 use serde_json::Value;
 
-/// The release binary `cargo xtask test` built (it sets CRMPROF_BIN).
+/// The release binary `cargo xtask test` built (it sets CRMPROF_BIN); without the variable,
+/// `release/crmprof` in the target directory these tests were built in.
 pub fn crmprof() -> PathBuf {
     std::env::var_os("CRMPROF_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/crmprof"),
+        || {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            // target/<profile>/deps/<test> → target/release/crmprof
+            exe.ancestors()
+                .nth(3)
+                .map_or_else(|| PathBuf::from("crmprof"), |t| t.join("release/crmprof"))
+        },
         PathBuf::from,
     )
 }

@@ -20,7 +20,7 @@ struct Cli {
 enum Task {
     /// Install what building needs (rust-src, bpf-linker) and mount tracefs; idempotent.
     Setup,
-    /// Build the release binary target/release/crmprof.
+    /// Build the release binary (TARGET_DIR/release/crmprof; CARGO_TARGET_DIR is honoured).
     Build,
     /// Build and run `crmprof run` on this host (arguments after `--` go to crmprof run).
     Run {
