@@ -2,7 +2,7 @@
 //! daemon: a window every interval, appended to the data directory and summarised live).
 
 use std::{
-    fs::{self, OpenOptions},
+    fs::{self, File, OpenOptions},
     io::Write as _,
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use caps::Capability;
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{Instant, MissedTickBehavior, interval_at},
@@ -18,7 +19,7 @@ use tokio::{
 use crate::{
     collection::Collector,
     discovery::{Registry, Selection},
-    probes::{LoadOptions, Probes},
+    probes::{LoadOptions, Probes, privileges},
     profile::Profile,
     render,
 };
@@ -46,9 +47,40 @@ pub fn start(opts: &Options) -> anyhow::Result<Collector> {
     let mut registry = Registry::new(opts.selection.clone(), opts.max_services);
     registry.start(&mut probes)?;
     let collector = Collector::new(probes, registry)?;
+    drop_privileges(&opts.selection)?;
     // Tests wait for this line: from here on every selected syscall is counted.
     log::info!("measuring {} services", collector.registry.services().len());
     Ok(collector)
+}
+
+/// Once the programs are attached, the maps open and the first `/proc` scan done, the agent
+/// needs no capability to read and update its maps (the open file descriptors carry the
+/// rights). It keeps CAP_SYS_PTRACE only when auto-discovery must name processes that exec
+/// later by their executable; everything else goes (docs/privileges.md).
+fn drop_privileges(selection: &Selection) -> anyhow::Result<()> {
+    let keep: &[Capability] = match selection {
+        Selection::Auto => &[Capability::CAP_SYS_PTRACE],
+        Selection::Explicit { .. } => &[],
+    };
+    let kept = privileges::drop_all_except(keep)?;
+    if kept.is_empty() {
+        log::info!("dropped every capability: the probes are loaded and the maps open");
+    } else {
+        let names: Vec<String> = kept.iter().map(ToString::to_string).collect();
+        log::info!(
+            "dropped every capability but {} ({})",
+            names.join(", "),
+            privileges::SYS_PTRACE_USE
+        );
+    }
+    if *selection == Selection::Auto && !kept.contains(&Capability::CAP_SYS_PTRACE) {
+        log::warn!(
+            "without CAP_SYS_PTRACE, auto-discovery cannot read the executable of other users' \
+             processes and does not profile them; grant it (docs/privileges.md) or select \
+             processes with --comm or --pid"
+        );
+    }
+    Ok(())
 }
 
 /// Measures for `duration` and returns the profile.
@@ -77,7 +109,7 @@ pub struct DaemonOptions {
 
 /// Runs until SIGINT or SIGTERM; the last, partial window is written before exiting.
 pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()> {
-    let sink = JsonLines::open(&daemon.data_dir)?;
+    let mut sink = JsonLines::open(&daemon.data_dir)?;
     let mut collector = start(opts)?;
     log::info!(
         "profiling {} services; a profile every {:?} into {}",
@@ -112,9 +144,12 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
 }
 
 /// Profiles appended to `DATA_DIR/profiles.jsonl`, one document per line. The directory is
-/// created 0700 and the file 0600: profiles name processes and peers.
+/// created 0700 and the file 0600: profiles name processes and peers. The file is opened once,
+/// before the agent drops its capabilities, so a data directory owned by another user (root
+/// running the agent on the service user's directory) stays writable afterwards.
 struct JsonLines {
     path: PathBuf,
+    file: File,
 }
 
 impl JsonLines {
@@ -124,22 +159,22 @@ impl JsonLines {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("creating the data directory {}", dir.display()))?;
-        Ok(Self {
-            path: dir.join("profiles.jsonl"),
-        })
-    }
-
-    fn append(&self, profile: &Profile) -> anyhow::Result<()> {
-        let mut line = serde_json::to_vec(profile).context("encoding a profile")?;
-        line.push(b'\n');
-        let mut file = OpenOptions::new()
+        let path = dir.join("profiles.jsonl");
+        let file = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
-            .open(&self.path)
-            .with_context(|| format!("opening {}", self.path.display()))?;
-        // One write of the whole line: a crash leaves whole lines only.
-        file.write_all(&line)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { path, file })
+    }
+
+    fn append(&mut self, profile: &Profile) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(profile).context("encoding a profile")?;
+        line.push(b'\n');
+        // One write of the whole line in append mode: a crash leaves whole lines only.
+        self.file
+            .write_all(&line)
             .with_context(|| format!("appending to {}", self.path.display()))
     }
 }
