@@ -145,6 +145,45 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
     }
 
+    /// The commented default configuration that `cargo xtask install` and the .deb ship.
+    const SHIPPED: &str = include_str!("../../deploy/crmprof.toml");
+
+    #[test]
+    fn shipped_config_is_the_default() {
+        assert_eq!(parse(SHIPPED).ok(), Some(Config::default()));
+    }
+
+    /// Uncommenting every `#key = value` line gives the defaults too: the file documents every
+    /// key of [`Config`] with its real default value.
+    #[test]
+    fn shipped_config_documents_every_key_with_its_default() {
+        let uncommented: String = SHIPPED
+            .lines()
+            .filter_map(|l| l.strip_prefix('#'))
+            .filter(|l| l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config = parse(&uncommented);
+        assert!(config.is_ok(), "{:?}\n{uncommented}", config.err());
+        assert_eq!(config.ok(), Some(Config::default()), "{uncommented}");
+        let keys: Vec<&str> = uncommented
+            .lines()
+            .filter_map(|l| l.split(" = ").next())
+            .collect();
+        // Every field of Config, by name; a field added without documenting it fails here.
+        let Config {
+            interval: _,
+            data_dir: _,
+            max_services: _,
+            btf_path: _,
+        } = Config::default();
+        assert_eq!(
+            keys,
+            ["interval", "data_dir", "max_services", "btf_path"],
+            "deploy/crmprof.toml documents these keys"
+        );
+    }
+
     #[test]
     fn bad_values_are_rejected() {
         assert!(parse("interval = \"banana\"").is_err());

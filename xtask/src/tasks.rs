@@ -91,6 +91,7 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
         ]),
     )?;
     build()?;
+    crate::kubernetes::lint()?;
     if !is_root() {
         eprintln!(
             "    note: not root — the privileged integration tests will skip, each saying why"
@@ -100,7 +101,13 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
     cmd.args(["test", "--release", "--package", "integration-tests", "--"])
         .args(filter)
         .args(["--test-threads=1", "--nocapture"])
-        .env("CRMPROF_BIN", release_binary()?);
+        .env("CRMPROF_BIN", release_binary()?)
+        // The install, uninstall and package tests run this xtask binary (tests/tests/install.rs):
+        // a nested `cargo xtask` would wait for the build lock this cargo test holds.
+        .env(
+            "CRMPROF_XTASK",
+            std::env::current_exe().context("finding the xtask binary")?,
+        );
     step(
         "test: privileged integration tests, one at a time",
         &mut cmd,
