@@ -183,7 +183,7 @@ pub fn run(btf_path: &Path) -> Report {
                     .then_some(
                         "the kernel refused bpf(2) although the capabilities are held: a seccomp \
                      filter (systemd SystemCallFilter=, a container runtime's default profile) \
-                     or an LSM forbids it; allow the bpf and perf_event_open system calls",
+                     or an LSM forbids it; allow the bpf system call",
                     );
                 items.push(item("probes", "missing", detail, fix));
             }

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Debian packages the integration tests and benchmarks drive. Idempotent: skips apt entirely
-# when everything is already installed.
+# Debian packages the integration tests, the deployment checks and benchmarks use. Idempotent:
+# skips apt entirely when everything is already installed.
 set -euo pipefail
 
 packages=(
-  util-linux   # setpriv: run crmprof unprivileged in tests
+  util-linux   # setpriv: run crmprof unprivileged, with chosen capabilities, in tests
   iproute2     # ip netns / veth / tc for network scenarios
   procps
+  systemd      # systemd-analyze security --offline for deploy/systemd/crmprof.service
+  dpkg         # dpkg-deb: cargo xtask package and its test
+  adduser      # the .deb's maintainer scripts (adduser/deluser)
+  passwd       # useradd/userdel: cargo xtask install/uninstall on a live system
+  python3-venv # a venv for kubernetes-validate (cargo xtask lint-kubernetes)
 )
 
 missing=()

@@ -195,9 +195,15 @@ impl Agent {
     }
 
     /// Sends SIGINT and returns stdout and all of stderr, asserting a zero exit.
-    pub fn interrupt(mut self) -> (String, String) {
+    pub fn interrupt(self) -> (String, String) {
+        self.stop(libc::SIGINT)
+    }
+
+    /// Sends `signal` (SIGINT or SIGTERM) and returns stdout and all of stderr, asserting a
+    /// zero exit.
+    pub fn stop(mut self, signal: i32) -> (String, String) {
         // SAFETY: kill with a valid pid of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let out = self.child.wait_with_output().expect("waiting for crmprof");
         // The reader thread ends at EOF, after the exit.
         self.stderr_seen.extend(self.lines.iter());
@@ -225,6 +231,11 @@ pub const UNPRIVILEGED_UID: u32 = 65534;
 /// `caps` (setpriv's names, e.g. "bpf") in its inheritable, ambient and bounding sets, and no
 /// other capability. Append crmprof's arguments.
 pub fn crmprof_as_nobody(caps: &[&str]) -> Command {
+    as_nobody(&crmprof(), caps)
+}
+
+/// A command running `program` as [`crmprof_as_nobody`] runs crmprof.
+pub fn as_nobody(program: &Path, caps: &[&str]) -> Command {
     let set = std::iter::once("-all".to_owned())
         .chain(caps.iter().map(|c| format!("+{c}")))
         .collect::<Vec<_>>()
@@ -237,7 +248,7 @@ pub fn crmprof_as_nobody(caps: &[&str]) -> Command {
         .arg(format!("--ambient-caps={set}"))
         .arg(format!("--bounding-set={set}"))
         .arg("--")
-        .arg(crmprof());
+        .arg(program);
     cmd
 }
 
