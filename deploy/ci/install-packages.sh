@@ -12,6 +12,7 @@ packages=(
   adduser      # the .deb's maintainer scripts (adduser/deluser)
   passwd       # useradd/userdel: cargo xtask install/uninstall on a live system
   python3-venv # a venv for kubernetes-validate (cargo xtask lint-kubernetes)
+  strace       # the system calls crmprof makes, against the unit's SystemCallFilter=
 )
 
 missing=()

@@ -156,6 +156,106 @@ fn systemd_unit_exposure_is_ok() {
     }
 }
 
+/// The system calls a `SystemCallFilter=` value allows: `@group`s expanded through
+/// `systemd-analyze syscall-filter`, names as they are.
+fn expand_filter(value: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut pending: Vec<String> = value.split_whitespace().map(str::to_owned).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(item) = pending.pop() {
+        if !item.starts_with('@') {
+            out.insert(item);
+            continue;
+        }
+        if !seen.insert(item.clone()) {
+            continue;
+        }
+        let listing = run_ok(Command::new("systemd-analyze").args(["syscall-filter", &item]));
+        for line in String::from_utf8_lossy(&listing.stdout).lines().skip(1) {
+            let name = line.trim();
+            if !name.is_empty() && !name.starts_with('#') {
+                pending.push(name.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The unit's seccomp filter cannot be applied here (no systemd as PID 1), so compare: every
+/// system call `crmprof run` and `crmprof profile` make, counted by strace, must be in the
+/// unit's allow list and not in its deny list (SystemCallErrorNumber=EPERM would fail them).
+#[test]
+fn unit_system_call_filter_allows_what_crmprof_calls() {
+    if !privileged("unit_system_call_filter_allows_what_crmprof_calls") {
+        return;
+    }
+    let unit = unit_directives(&fs::read_to_string(unit_path()).expect("reading the unit"));
+    let filters = unit.get("SystemCallFilter").expect("SystemCallFilter=");
+    let mut allowed = std::collections::BTreeSet::new();
+    let mut denied = std::collections::BTreeSet::new();
+    for f in filters {
+        match f.strip_prefix('~') {
+            Some(deny) => denied.extend(expand_filter(deny)),
+            None => allowed.extend(expand_filter(f)),
+        }
+    }
+    let scratch = Scratch::new("strace");
+    let data = scratch.0.join("data");
+    let summary = scratch.0.join("strace.txt");
+    let mut called = std::collections::BTreeSet::new();
+    for args in [
+        vec!["profile", "--duration", "1s", "--comm", "x"],
+        vec![
+            "run",
+            "--interval",
+            "1s",
+            "--quiet",
+            "--data-dir",
+            data.to_str().expect("UTF-8"),
+        ],
+    ] {
+        // `run` goes on until timeout sends SIGINT to strace and the agent (exit 124).
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "INT", "4", "strace", "-f", "-c", "-o"])
+            .arg(&summary)
+            .arg(crmprof())
+            .args(&args);
+        let out = cmd
+            .output()
+            .expect("running strace (apt-get install strace)");
+        assert!(
+            matches!(out.status.code(), Some(0 | 124)),
+            "{args:?} under strace failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = fs::read_to_string(&summary).expect("strace's summary");
+        // Table rows end with the system call's name; the header, rules and total do not.
+        for line in text.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() >= 5
+                && fields[0].parse::<f64>().is_ok()
+                && let Some(name) = fields.last()
+                && *name != "total"
+            {
+                called.insert((*name).to_owned());
+            }
+        }
+    }
+    assert!(called.contains("bpf"), "strace saw no bpf(2): {called:?}");
+    // execve is strace starting the agent; systemd applies the filter after it.
+    called.remove("execve");
+    let refused: Vec<&String> = called
+        .iter()
+        .filter(|c| !allowed.contains(*c) || denied.contains(*c))
+        .collect();
+    println!("crmprof's system calls: {called:?}");
+    assert!(
+        refused.is_empty(),
+        "the unit's SystemCallFilter= would refuse {refused:?}"
+    );
+}
+
 /// The commented default configuration is accepted by the agent itself.
 #[test]
 fn shipped_config_is_accepted() {
