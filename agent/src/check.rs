@@ -7,13 +7,14 @@ use serde::Serialize;
 use crate::probes::{
     LoadOptions, Probes,
     btf::offsets,
-    privileges::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN},
+    privileges::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE, SYS_PTRACE_USE},
 };
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Item {
     pub name: String,
-    /// "ok", "missing" (the agent cannot run or a group cannot), or "info".
+    /// "ok", "missing" (the agent cannot run or a group cannot), "warn" (it runs, with a feature
+    /// limited), or "info".
     pub status: &'static str,
     pub detail: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -80,6 +81,25 @@ pub fn run(btf_path: &Path) -> Report {
         (!missing.is_empty()).then_some(fix.as_str()),
     ));
     can_run &= missing.is_empty();
+
+    // Not needed to run, but without it `crmprof run` sees only its own user's executables.
+    let ptrace = privileges::has(caps, CAP_SYS_PTRACE);
+    items.push(item(
+        "privileges.ptrace",
+        if ptrace { "ok" } else { "warn" },
+        if ptrace {
+            format!("holds CAP_SYS_PTRACE: {SYS_PTRACE_USE}")
+        } else {
+            "no CAP_SYS_PTRACE: auto-discovery (crmprof run, crmprof profile without --comm or \
+             --pid) cannot name other users' processes and skips them"
+                .to_owned()
+        },
+        (!ptrace).then_some(
+            "grant CAP_SYS_PTRACE too: setcap cap_bpf,cap_perfmon,cap_sys_ptrace+ep $(command -v \
+             crmprof), or AmbientCapabilities=CAP_BPF CAP_PERFMON CAP_SYS_PTRACE (the shipped \
+             unit does); or select processes with --comm/--pid, which needs no CAP_SYS_PTRACE",
+        ),
+    ));
 
     match offsets(btf_path) {
         Ok(o) => items.push(item(
@@ -159,7 +179,15 @@ pub fn run(btf_path: &Path) -> Report {
             }
             Err(e) => {
                 can_run = false;
-                items.push(item("probes", "missing", e.to_string(), None));
+                let detail = e.to_string();
+                // The capabilities were checked above: EPERM now comes from a filter.
+                let fix = (detail.contains("Operation not permitted") || detail.contains("EPERM"))
+                    .then_some(
+                        "the kernel refused bpf(2) although the capabilities are held: a seccomp \
+                     filter (systemd SystemCallFilter=, a container runtime's default profile) \
+                     or an LSM forbids it; allow the bpf system call",
+                    );
+                items.push(item("probes", "missing", detail, fix));
             }
         }
     }

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 /// `crmprof.toml`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// How often a profile is cut and shipped. Default 10 s: short enough to see an incident
@@ -207,7 +207,7 @@ impl Default for Discovery {
 
 /// `[[service]]`: a named service and how to recognise its processes. Every given matcher must
 /// match; children of a matched process join the service too.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceRule {
     pub name: Spanned<String>,
@@ -559,6 +559,94 @@ mod tests {
         assert!(e.contains("bogus"), "{e}");
         let e = error("[[service]]\nname = \"a\"\ncomm = \"a\"\ncolour = \"red\"\n");
         assert!(e.starts_with("test.toml:4:") && e.contains("colour"), "{e}");
+    }
+
+    /// The commented default configuration that `cargo xtask install` and the .deb ship.
+    const SHIPPED: &str = include_str!("../../deploy/crmprof.toml");
+
+    #[test]
+    fn shipped_config_is_the_default() {
+        assert_eq!(parse(SHIPPED).ok(), Some(Config::default()));
+    }
+
+    /// Uncommenting every `#key = value` line gives the defaults too: the file documents every
+    /// key of [`Config`] with its real default value.
+    #[test]
+    fn shipped_config_documents_every_key_with_its_default() {
+        // Section headers stay; `#key = value` lines (no space after '#') are the documented
+        // defaults; `#   example` lines are prose and stay comments.
+        let uncommented: String = SHIPPED
+            .lines()
+            .filter_map(|l| {
+                if l.starts_with('[') {
+                    Some(l)
+                } else {
+                    l.strip_prefix('#')
+                        .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase()))
+                        .filter(|l| l.contains(" = "))
+                }
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let config = parse(&uncommented);
+        assert!(config.is_ok(), "{:?}\n{uncommented}", config.err());
+        assert_eq!(config.ok(), Some(Config::default()), "{uncommented}");
+        let keys: Vec<&str> = uncommented
+            .lines()
+            .filter(|l| !l.starts_with('['))
+            .filter_map(|l| l.split(" = ").next())
+            .collect();
+        // Every field of Config, by name; a field added without documenting it fails here.
+        let Config {
+            interval: _,
+            data_dir: _,
+            max_services: _,
+            max_threads: _,
+            btf_path: _,
+            discovery:
+                Discovery {
+                    auto: _,
+                    kernel_threads: _,
+                },
+            services: _,
+            export:
+                ExportConfig {
+                    jsonl_max_bytes: _,
+                    jsonl_keep: _,
+                    spool_max_bytes: _,
+                    retry_initial: _,
+                    retry_max: _,
+                    otlp_logs: _,
+                    prometheus:
+                        PrometheusConfig {
+                            enabled: _,
+                            listen: _,
+                        },
+                    remote_write: _,
+                    otlp: _,
+                },
+        } = Config::default();
+        assert_eq!(
+            keys,
+            [
+                "interval",
+                "data_dir",
+                "max_services",
+                "max_threads",
+                "btf_path",
+                "auto",
+                "kernel_threads",
+                "jsonl_max_bytes",
+                "jsonl_keep",
+                "spool_max_bytes",
+                "retry_initial",
+                "retry_max",
+                "otlp_logs",
+                "enabled",
+                "listen",
+            ],
+            "deploy/crmprof.toml documents these keys"
+        );
     }
 
     #[test]

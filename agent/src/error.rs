@@ -7,8 +7,9 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ProbeError {
     #[error(
-        "crmprof needs root or the capabilities {missing} to load its probes; run it as root, or \
-         grant them (setcap cap_bpf,cap_perfmon+ep $(command -v crmprof))"
+        "crmprof lacks {missing}: loading its probes needs CAP_BPF and CAP_PERFMON (or root); \
+         grant them with `setcap cap_bpf,cap_perfmon+ep $(command -v crmprof)`, with \
+         AmbientCapabilities= in its systemd unit, or run it as root"
     )]
     MissingPrivileges { missing: String },
     #[error(
@@ -40,4 +41,23 @@ pub enum DiscoveryError {
     TooManyServices { limit: usize },
     #[error("comm {0:?} is longer than the kernel's 15 characters; use the truncated name")]
     CommTooLong(String),
+}
+
+#[derive(Debug, Error)]
+pub enum PrivilegeError {
+    #[error("{what}: {reason}")]
+    Caps { what: &'static str, reason: String },
+    #[error("setting no_new_privs failed: {0}")]
+    NoNewPrivs(io::Error),
+    #[error("checking the threads' capabilities after dropping them: {0}")]
+    Verify(io::Error),
+    #[error(
+        "thread {tid} still holds capabilities ({field} {mask:016x}) after they were dropped; \
+         this is a bug: capabilities must be dropped before any thread starts"
+    )]
+    ThreadKeptCapabilities {
+        tid: String,
+        field: &'static str,
+        mask: u64,
+    },
 }

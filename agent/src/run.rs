@@ -4,6 +4,7 @@
 use std::{io::Write as _, path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
+use caps::Capability;
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{Instant, MissedTickBehavior, interval_at},
@@ -14,7 +15,7 @@ use crate::{
     config::{Config, ExportConfig},
     discovery::{self, Registry, Selection},
     export::Exporters,
-    probes::{LoadOptions, Probes},
+    probes::{LoadOptions, Probes, privileges},
     profile::Profile,
     render,
 };
@@ -64,9 +65,40 @@ pub fn start(opts: &Options) -> anyhow::Result<Collector> {
     }
     registry.start(&mut probes)?;
     let collector = Collector::new(probes, registry)?;
+    drop_privileges(&opts.selection)?;
     // Tests wait for this line: from here on every selected syscall is counted.
     log::info!("measuring {} services", collector.registry.services().len());
     Ok(collector)
+}
+
+/// Once the programs are attached, the maps open and the first `/proc` scan done, the agent
+/// needs no capability to read and update its maps (the open file descriptors carry the
+/// rights). It keeps CAP_SYS_PTRACE only when auto-discovery must name processes that exec
+/// later by their executable; everything else goes (docs/privileges.md).
+fn drop_privileges(selection: &Selection) -> anyhow::Result<()> {
+    let keep: &[Capability] = match selection {
+        Selection::Discover => &[Capability::CAP_SYS_PTRACE],
+        Selection::Explicit { .. } => &[],
+    };
+    let kept = privileges::drop_all_except(keep)?;
+    if kept.is_empty() {
+        log::info!("dropped every capability: the probes are loaded and the maps open");
+    } else {
+        let names: Vec<String> = kept.iter().map(ToString::to_string).collect();
+        log::info!(
+            "dropped every capability but {} ({})",
+            names.join(", "),
+            privileges::SYS_PTRACE_USE
+        );
+    }
+    if *selection == Selection::Discover && !kept.contains(&Capability::CAP_SYS_PTRACE) {
+        log::warn!(
+            "without CAP_SYS_PTRACE, auto-discovery cannot read the executable of other users' \
+             processes and does not profile them; grant it (docs/privileges.md) or select \
+             processes with --comm or --pid"
+        );
+    }
+    Ok(())
 }
 
 /// Measures for `duration` and returns the profile.

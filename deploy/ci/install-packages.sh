@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Debian packages the integration tests and benchmarks drive. Idempotent: skips apt entirely
-# when everything is already installed.
+# Debian packages the integration tests, the deployment checks and benchmarks use. Idempotent:
+# skips apt entirely when everything is already installed.
 set -euo pipefail
 
 packages=(
@@ -12,6 +12,12 @@ packages=(
   postgresql-client
   redis-server
   prometheus   # tests/tests/export.rs: remote-write receiver and scraper (started by the tests)
+  systemd      # systemd-analyze security --offline for deploy/systemd/crmprof.service
+  dpkg         # dpkg-deb: cargo xtask package and its test
+  adduser      # the .deb's maintainer scripts (adduser/deluser)
+  passwd       # useradd/userdel: cargo xtask install/uninstall on a live system
+  python3-venv # a venv for kubernetes-validate (cargo xtask lint-kubernetes)
+  strace       # the system calls crmprof makes, against the unit's SystemCallFilter=
 )
 
 missing=()

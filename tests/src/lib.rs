@@ -17,10 +17,17 @@ use std::{
 
 use serde_json::Value;
 
-/// The release binary `cargo xtask test` built (it sets CRMPROF_BIN).
+/// The release binary `cargo xtask test` built (it sets CRMPROF_BIN); without the variable,
+/// `release/crmprof` in the target directory these tests were built in.
 pub fn crmprof() -> PathBuf {
     std::env::var_os("CRMPROF_BIN").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/crmprof"),
+        || {
+            let exe = std::env::current_exe().expect("the test binary's path");
+            // target/<profile>/deps/<test> → target/release/crmprof
+            exe.ancestors()
+                .nth(3)
+                .map_or_else(|| PathBuf::from("crmprof"), |t| t.join("release/crmprof"))
+        },
         PathBuf::from,
     )
 }
@@ -174,9 +181,13 @@ pub struct Agent {
 impl Agent {
     /// Starts `crmprof -v ARGS` and waits (up to 30 s) until it logs that it is measuring.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(crmprof())
-            .arg("-v")
-            .args(args)
+        Self::start_command(Command::new(crmprof()).arg("-v").args(args))
+    }
+
+    /// Starts a command that runs crmprof (e.g. [`crmprof_as_nobody`]), and waits as
+    /// [`Agent::start`] does.
+    pub fn start_command(cmd: &mut Command) -> Self {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -229,17 +240,107 @@ impl Agent {
 
     /// Sends SIGINT (the window closes early) and returns stdout, asserting a zero exit.
     pub fn interrupt_and_output(self) -> String {
+        self.interrupt().0
+    }
+
+    /// Sends SIGINT and returns stdout and all of stderr, asserting a zero exit.
+    pub fn interrupt(self) -> (String, String) {
+        self.stop(libc::SIGINT)
+    }
+
+    /// Sends `signal` (SIGINT or SIGTERM) and returns stdout and all of stderr, asserting a
+    /// zero exit.
+    pub fn stop(mut self, signal: i32) -> (String, String) {
         // SAFETY: kill with a valid pid of our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let out = self.child.wait_with_output().expect("waiting for crmprof");
+        // The reader thread ends at EOF, after the exit.
+        self.stderr_seen.extend(self.lines.iter());
+        let stderr = self.stderr_seen.join("\n");
         assert!(
             out.status.success(),
-            "crmprof exited with {}; stderr: {}",
+            "crmprof exited with {}; stderr: {stderr}",
             out.status,
-            self.stderr_seen.join("\n")
         );
-        String::from_utf8(out.stdout).expect("crmprof writes UTF-8")
+        (
+            String::from_utf8(out.stdout).expect("crmprof writes UTF-8"),
+            stderr,
+        )
     }
+}
+
+/// The capabilities docs/privileges.md documents, by setpriv's names: CAP_BPF and CAP_PERFMON
+/// to load and attach, CAP_SYS_PTRACE for auto-discovery of other users' executables.
+pub const DOCUMENTED_CAPS: &[&str] = &["bpf", "perfmon", "sys_ptrace"];
+
+/// The user the least-privilege tests run crmprof as: nobody.
+pub const UNPRIVILEGED_UID: u32 = 65534;
+
+/// A command running `crmprof` through setpriv as the unprivileged user nobody, holding exactly
+/// `caps` (setpriv's names, e.g. "bpf") in its inheritable, ambient and bounding sets, and no
+/// other capability. Append crmprof's arguments.
+pub fn crmprof_as_nobody(caps: &[&str]) -> Command {
+    as_nobody(&crmprof(), caps)
+}
+
+/// A command running `program` as [`crmprof_as_nobody`] runs crmprof.
+pub fn as_nobody(program: &Path, caps: &[&str]) -> Command {
+    let set = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={UNPRIVILEGED_UID}"))
+        .arg(format!("--regid={UNPRIVILEGED_UID}"))
+        .arg("--clear-groups")
+        .arg(format!("--inh-caps={set}"))
+        .arg(format!("--ambient-caps={set}"))
+        .arg(format!("--bounding-set={set}"))
+        .arg("--")
+        .arg(program);
+    cmd
+}
+
+/// One thread's capability sets, from `/proc/PID/task/TID/status`.
+#[derive(Debug)]
+pub struct ThreadCaps {
+    pub tid: u32,
+    pub permitted: u64,
+    pub effective: u64,
+    pub ambient: u64,
+    pub no_new_privs: bool,
+}
+
+/// The capability sets of every thread of `pid`.
+pub fn thread_caps(pid: u32) -> Vec<ThreadCaps> {
+    let field = |status: &str, name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name} in a status file"))
+            .to_owned()
+    };
+    let mask = |status: &str, name: &str| {
+        u64::from_str_radix(&field(status, name), 16).expect("a hexadecimal capability mask")
+    };
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("listing the threads") {
+        let task = task.expect("a thread entry");
+        let status = std::fs::read_to_string(task.path().join("status")).expect("thread status");
+        out.push(ThreadCaps {
+            tid: task
+                .file_name()
+                .to_string_lossy()
+                .parse()
+                .expect("a numeric tid"),
+            permitted: mask(&status, "CapPrm:"),
+            effective: mask(&status, "CapEff:"),
+            ambient: mask(&status, "CapAmb:"),
+            no_new_privs: field(&status, "NoNewPrivs:") == "1",
+        });
+    }
+    out
 }
 
 /// The profile schema, compiled once per call.

@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use integration_tests::{crmprof, privileged};
+use integration_tests::{crmprof, crmprof_as_nobody, privileged};
 
 fn run(cmd: &mut Command) -> (Output, String) {
     let out = cmd.output().expect("running crmprof");
@@ -83,33 +83,38 @@ fn missing_btf_is_explained() {
     assert!(stdout.contains("CONFIG_DEBUG_INFO_BTF"), "{stdout}");
 }
 
-/// As an unprivileged user (nobody, no capabilities), profile and check name what is missing.
+/// As an unprivileged user (nobody) with no capability, or with one of the two needed removed,
+/// profile fails with one line naming exactly what is missing, and check names it with the fix.
 #[test]
 fn missing_privileges_are_explained() {
     if !privileged("missing_privileges_are_explained") {
         return;
     }
-    let as_nobody = |args: &[&str]| {
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-        ])
-        .arg(crmprof())
-        .args(args);
-        run(&mut cmd)
-    };
-    let (out, stderr) = as_nobody(&["profile", "--duration", "1s", "--comm", "x"]);
-    assert!(!out.status.success());
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    assert!(stderr.contains("CAP_BPF and CAP_PERFMON"), "{stderr}");
-    let (out, _) = as_nobody(&["check"]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success(), "check must fail unprivileged");
-    assert!(stdout.contains("setcap cap_bpf,cap_perfmon+ep"), "{stdout}");
+    for (held, missing) in [
+        (&[][..], "CAP_BPF and CAP_PERFMON"),
+        (&["bpf"][..], "CAP_PERFMON"),
+        (&["perfmon"][..], "CAP_BPF"),
+        (&["bpf", "sys_ptrace"][..], "CAP_PERFMON"),
+    ] {
+        let (out, stderr) =
+            run(crmprof_as_nobody(held).args(["profile", "--duration", "1s", "--comm", "x"]));
+        assert!(!out.status.success(), "holding {held:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("crmprof: error: crmprof lacks {missing}:")),
+            "holding {held:?}, the error must name {missing}: {stderr}"
+        );
+        assert!(stderr.contains("setcap cap_bpf,cap_perfmon+ep"), "{stderr}");
+
+        let (out, _) = run(crmprof_as_nobody(held).arg("check"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "check must fail holding {held:?}");
+        assert!(
+            stdout.contains(&format!("grant {missing}: setcap cap_bpf,cap_perfmon+ep")),
+            "holding {held:?}: {stdout}"
+        );
+    }
 }
 
 #[test]

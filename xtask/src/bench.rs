@@ -309,7 +309,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
             "--bins",
         ]),
     )?;
-    let target = crate::util::target_dir().join("release");
+    let target = crate::util::target_dir()?.join("release");
     let scratch = std::env::temp_dir().join(format!("crmprof-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let tools = Tools {

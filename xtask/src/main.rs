@@ -1,12 +1,17 @@
 //! `cargo xtask`: what cargo alone cannot do — toolchain setup, running the agent as root,
-//! the privileged test suite.
+//! the privileged test suite, installing and packaging the agent.
 
 mod bench;
+mod deploy;
+mod kubernetes;
 mod setup;
 mod tasks;
 mod util;
 
-use std::process::ExitCode;
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
 
@@ -21,7 +26,7 @@ struct Cli {
 enum Task {
     /// Install what building needs (rust-src, bpf-linker) and mount tracefs; idempotent.
     Setup,
-    /// Build the release binary target/release/crmprof.
+    /// Build the release binary (TARGET_DIR/release/crmprof; CARGO_TARGET_DIR is honoured).
     Build,
     /// Build and run `crmprof run` on this host (arguments after `--` go to crmprof run).
     Run {
@@ -35,12 +40,69 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
-    /// Formatting, lints, unit tests, then the privileged integration tests one at a time.
+    /// Formatting, lints, unit tests, the deployment files' checks, then the privileged
+    /// integration tests one at a time.
     Test {
         /// Only run integration tests whose name contains this.
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Build the release binary and install it as a system service: binary, systemd unit,
+    /// docs, a commented /etc/crmprof/crmprof.toml (an existing one is kept), and
+    /// /var/lib/crmprof (0700, owned by the system user crmprof, created if missing).
+    Install {
+        #[command(flatten)]
+        target: InstallTarget,
+        /// Install this binary instead of building one.
+        #[arg(long, value_name = "FILE")]
+        bin: Option<PathBuf>,
+    },
+    /// Remove what install installed; the configuration and the data stay unless --purge.
+    Uninstall {
+        #[command(flatten)]
+        target: InstallTarget,
+        /// Also remove /etc/crmprof, /var/lib/crmprof and (without --destdir) the user crmprof.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Build a .deb with the same files (prefix /usr) and maintainer scripts that create the
+    /// service user.
+    Package {
+        /// Directory for the .deb [default: TARGET_DIR/debian].
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+        /// Package this binary instead of building one.
+        #[arg(long, value_name = "FILE")]
+        bin: Option<PathBuf>,
+    },
+    /// Validate deploy/kubernetes against the Kubernetes API schemas and the privilege policy
+    /// (installs kubernetes-validate from PyPI into TARGET_DIR/venv on first use).
+    LintKubernetes,
+}
+
+#[derive(clap::Args)]
+struct InstallTarget {
+    /// Installation prefix of the binary, the unit and the docs.
+    #[arg(long, value_name = "DIR", default_value = "/usr/local")]
+    prefix: PathBuf,
+    /// Stage the files under DIR instead of the running system; no user is created and no
+    /// owner is changed.
+    #[arg(long, value_name = "DIR")]
+    destdir: Option<PathBuf>,
+}
+
+impl InstallTarget {
+    fn layout(&self) -> anyhow::Result<deploy::Layout> {
+        deploy::Layout::new(&self.prefix, self.destdir.as_deref())
+    }
+}
+
+/// Setup is needed only when building.
+fn build_setup(bin: Option<&Path>) -> anyhow::Result<()> {
+    if bin.is_none() {
+        setup::run()?;
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -51,6 +113,23 @@ fn main() -> ExitCode {
         Task::Run { args } => setup::run().and_then(|_| tasks::run(&args)),
         Task::Bench { quick } => setup::run().and_then(|_| bench::run(&bench::Options { quick })),
         Task::Test { filter } => setup::run().and_then(|_| tasks::test(filter.as_deref())),
+        Task::Install { target, bin } => build_setup(bin.as_deref()).and_then(|()| {
+            deploy::install(&deploy::InstallOptions {
+                layout: target.layout()?,
+                binary: bin.as_deref(),
+            })
+        }),
+        Task::Uninstall { target, purge } => target
+            .layout()
+            .and_then(|layout| deploy::uninstall(&deploy::UninstallOptions { layout, purge })),
+        Task::Package { out_dir, bin } => build_setup(bin.as_deref()).and_then(|()| {
+            deploy::package(&deploy::PackageOptions {
+                out_dir: out_dir.as_deref(),
+                binary: bin.as_deref(),
+            })
+            .map(|_| ())
+        }),
+        Task::LintKubernetes => kubernetes::lint(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,17 +4,14 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::util::{is_root, step, workspace_root};
+use crate::util::{is_root, release_binary, step, target_dir};
 
 pub fn build() -> anyhow::Result<()> {
     step(
         "build: cargo build --release (kernel programs included, via agent/build.rs)",
         Command::new("cargo").args(["build", "--release", "--package", "crmprof"]),
     )?;
-    eprintln!(
-        "    binary: {}",
-        workspace_root().join("target/release/crmprof").display()
-    );
+    eprintln!("    binary: {}", release_binary()?.display());
     Ok(())
 }
 
@@ -25,8 +22,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "    note: not root; crmprof will say which capability is missing (rerun with sudo -E)"
         );
     }
-    let data_dir = workspace_root().join("target/crmprof-data");
-    let mut cmd = Command::new(workspace_root().join("target/release/crmprof"));
+    let data_dir = target_dir()?.join("crmprof-data");
+    let binary = release_binary()?;
+    let mut cmd = Command::new(&binary);
     cmd.arg("run");
     if !args
         .iter()
@@ -36,7 +34,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     }
     cmd.args(args);
     eprintln!("==> run: {cmd:?} (Ctrl-C to stop)");
-    let status = cmd.status().context("starting target/release/crmprof")?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", binary.display()))?;
     if !status.success() {
         bail!("crmprof run exited with {status}");
     }
@@ -91,6 +91,7 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
         ]),
     )?;
     build()?;
+    crate::kubernetes::lint()?;
     if !is_root() {
         eprintln!(
             "    note: not root — the privileged integration tests will skip, each saying why"
@@ -100,9 +101,12 @@ pub fn test(filter: Option<&str>) -> anyhow::Result<()> {
     cmd.args(["test", "--release", "--package", "integration-tests", "--"])
         .args(filter)
         .args(["--test-threads=1", "--nocapture"])
+        .env("CRMPROF_BIN", release_binary()?)
+        // The install, uninstall and package tests run this xtask binary (tests/tests/install.rs):
+        // a nested `cargo xtask` would wait for the build lock this cargo test holds.
         .env(
-            "CRMPROF_BIN",
-            workspace_root().join("target/release/crmprof"),
+            "CRMPROF_XTASK",
+            std::env::current_exe().context("finding the xtask binary")?,
         );
     step(
         "test: privileged integration tests, one at a time",
