@@ -57,6 +57,8 @@ pub struct Collector {
     /// The same instant on the monotonic clock the kernel programs use.
     window_start_mono: u64,
     cgroups: cgroup::Tracker,
+    /// The registry's cumulative over-limit count at the last window's end.
+    services_over_limit_before: u64,
 }
 
 impl Collector {
@@ -75,6 +77,7 @@ impl Collector {
             window_start_ns: unix_now_ns(),
             window_start_mono,
             cgroups: cgroup::Tracker::new(),
+            services_over_limit_before: 0,
         };
         collector.drain_events()?;
         collector.registry.next_window();
@@ -126,8 +129,9 @@ impl Collector {
         }
         dropped.insert(
             "services_over_limit".to_owned(),
-            self.registry.services_over_limit,
+            self.registry.services_over_limit - self.services_over_limit_before,
         );
+        self.services_over_limit_before = self.registry.services_over_limit;
         tracking.insert(
             "processes_tracked".to_owned(),
             self.probes.tracked_processes()?.max(0) as u64,
@@ -267,6 +271,7 @@ impl Collector {
             runqueue_ns: d.runqueue_ns + open.runqueue_ns,
             runqueue_p50_ns: q(0.50),
             runqueue_p99_ns: q(0.99),
+            runqueue_buckets: histogram::nonzero_buckets(&d.runqueue_buckets),
             voluntary_switches: d.voluntary_switches,
             involuntary_switches: d.involuntary_switches,
         };

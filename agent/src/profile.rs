@@ -104,6 +104,9 @@ pub struct CpuProfile {
     pub runqueue_ns: u64,
     pub runqueue_p50_ns: u64,
     pub runqueue_p99_ns: u64,
+    /// Run-queue latency histogram: non-empty buckets as `[upper_bound_ns, count]`, the same
+    /// exponential buckets as the syscalls'.
+    pub runqueue_buckets: Vec<(u64, u64)>,
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
 }

@@ -67,6 +67,9 @@ pub fn bucket_index(upper_ns: u64) -> i32 {
         .map_or(guess as i32, |i| i as i32)
 }
 
+/// A series' labels besides `service`.
+type Labels = Vec<(&'static str, String)>;
+
 /// Per-service running totals.
 #[derive(Clone, Debug, Default)]
 pub struct ServiceTotals {
@@ -77,6 +80,19 @@ pub struct ServiceTotals {
     syscalls: BTreeMap<String, ExpHistogram>,
     /// Per (syscall, errno).
     errors: BTreeMap<(String, String), u64>,
+    /// Counters of the `network`, `disk`, `cpu` and `offcpu` sections, by metric and labels.
+    counters: BTreeMap<(&'static str, Labels), f64>,
+    runqueue: ExpHistogram,
+    disk_io: ExpHistogram,
+    /// The last window's time budget (state → fraction) and verdict.
+    budget: Vec<(&'static str, f64)>,
+    verdict: Option<(String, String, f64, f64)>,
+}
+
+impl ServiceTotals {
+    fn count(&mut self, metric: &'static str, labels: Labels, by: f64) {
+        *self.counters.entry((metric, labels)).or_default() += by;
+    }
 }
 
 /// Everything the exporters have seen since the agent started.
@@ -122,6 +138,8 @@ impl Totals {
             totals.processes = service.pids.len() as u64;
             add_syscalls(totals, service);
             add_errors(totals, service);
+            add_resources(totals, service);
+            add_verdict(totals, service);
         }
         self.services
             .retain(|_, s| end.saturating_sub(s.last_seen_ns) <= SERVICE_TTL_NS);
@@ -152,6 +170,8 @@ impl Totals {
         families.extend(agent_families(self));
         families.extend(service_families(self));
         families.extend(syscall_families(self));
+        families.extend(resource_families(self));
+        families.extend(verdict_families(self));
         families.extend(delivery.iter().cloned());
         families
     }
@@ -174,6 +194,270 @@ fn add_errors(totals: &mut ServiceTotals, service: &ServiceProfile) {
             .entry((error.syscall.clone(), error.errno.clone()))
             .or_default() += error.count;
     }
+}
+
+/// The `network`, `disk`, `cpu` and `offcpu` sections: counters and latency histograms.
+fn add_resources(totals: &mut ServiceTotals, s: &ServiceProfile) {
+    let secs = |ns: u64| ns as f64 / 1e9;
+    let n = &s.network;
+    totals.count(NET_TX, vec![], n.tx_bytes as f64);
+    totals.count(NET_RX, vec![], n.rx_bytes as f64);
+    totals.count(NET_OPENED, vec![], n.connections_opened as f64);
+    totals.count(NET_CLOSED, vec![], n.connections_closed as f64);
+    totals.count(NET_FAILED, vec![], n.connects_failed as f64);
+    totals.count(NET_RETRANS, vec![], n.retransmits as f64);
+    // Outbound peers only (a known port): the service's dependencies, a bounded set. Inbound
+    // clients stay in the profile document, not in metric labels.
+    for p in n.peers.iter().filter(|p| p.port != 0) {
+        let peer = vec![
+            ("peer", format!("{}:{}", p.address, p.port)),
+            ("peer_service", p.service.clone().unwrap_or_default()),
+        ];
+        totals.count(PEER_WAIT, peer.clone(), secs(p.wait_ns));
+        totals.count(PEER_TX, peer.clone(), p.tx_bytes as f64);
+        totals.count(PEER_RX, peer, p.rx_bytes as f64);
+    }
+    let d = &s.disk;
+    totals.count(DISK_READ, vec![], d.read_bytes as f64);
+    totals.count(DISK_WRITE, vec![], d.write_bytes as f64);
+    for dev in &d.devices {
+        totals.count(DISK_IOS, vec![("device", dev.name.clone())], dev.ios as f64);
+    }
+    let disk_time: u64 = d.devices.iter().map(|x| x.queue_ns + x.device_ns).sum();
+    totals.disk_io.add(&d.buckets, disk_time);
+    let c = &s.cpu;
+    totals.count(CPU_ON, vec![], secs(c.on_cpu_ns));
+    totals.count(CPU_RUNQ, vec![], secs(c.runqueue_ns));
+    totals.count(
+        CPU_SWITCH,
+        vec![("kind", "voluntary".into())],
+        c.voluntary_switches as f64,
+    );
+    totals.count(
+        CPU_SWITCH,
+        vec![("kind", "involuntary".into())],
+        c.involuntary_switches as f64,
+    );
+    totals.runqueue.add(&c.runqueue_buckets, c.runqueue_ns);
+    let o = &s.offcpu;
+    for (reason, ns) in [
+        ("lock", o.lock_ns),
+        ("network", o.network_ns),
+        ("disk", o.disk_ns),
+        ("sleep", o.sleep_ns),
+        ("memory", o.memory_ns),
+        ("idle", o.idle_ns),
+        ("other", o.other_ns),
+    ] {
+        totals.count(OFFCPU, vec![("reason", reason.into())], secs(ns));
+    }
+}
+
+fn add_verdict(totals: &mut ServiceTotals, s: &ServiceProfile) {
+    let t = &s.time;
+    totals.budget = vec![
+        ("on_cpu", t.on_cpu),
+        ("runqueue", t.runqueue),
+        ("disk_io", t.disk_io),
+        ("network_wait", t.network_wait),
+        ("lock_wait", t.lock_wait),
+        ("sleep", t.sleep),
+        ("memory", t.memory),
+        ("other", t.other),
+    ];
+    let b = &s.bottleneck;
+    totals.verdict =
+        (!b.class.is_empty()).then(|| (b.class.clone(), b.resource.clone(), b.share, b.confidence));
+}
+
+// Counter families of the resource sections: (Prometheus name, OpenTelemetry name, unit, help).
+const NET_TX: &str = "crmprof_network_transmit_bytes_total";
+const NET_RX: &str = "crmprof_network_receive_bytes_total";
+const NET_OPENED: &str = "crmprof_network_connections_opened_total";
+const NET_CLOSED: &str = "crmprof_network_connections_closed_total";
+const NET_FAILED: &str = "crmprof_network_connect_failures_total";
+const NET_RETRANS: &str = "crmprof_network_retransmits_total";
+const PEER_WAIT: &str = "crmprof_peer_wait_seconds_total";
+const PEER_TX: &str = "crmprof_peer_transmit_bytes_total";
+const PEER_RX: &str = "crmprof_peer_receive_bytes_total";
+const DISK_READ: &str = "crmprof_disk_read_bytes_total";
+const DISK_WRITE: &str = "crmprof_disk_write_bytes_total";
+const DISK_IOS: &str = "crmprof_disk_ios_total";
+const CPU_ON: &str = "crmprof_cpu_seconds_total";
+const CPU_RUNQ: &str = "crmprof_runqueue_seconds_total";
+const CPU_SWITCH: &str = "crmprof_context_switches_total";
+const OFFCPU: &str = "crmprof_offcpu_seconds_total";
+
+const COUNTERS: &[(&str, &str, &str, &str)] = &[
+    (
+        NET_TX,
+        "crmprof.network.io.transmit",
+        "By",
+        "Bytes the service sent on sockets.",
+    ),
+    (
+        NET_RX,
+        "crmprof.network.io.receive",
+        "By",
+        "Bytes the service received on sockets.",
+    ),
+    (
+        NET_OPENED,
+        "crmprof.network.connections.opened",
+        "{connection}",
+        "TCP connections opened (connect or accept).",
+    ),
+    (
+        NET_CLOSED,
+        "crmprof.network.connections.closed",
+        "{connection}",
+        "TCP connections the service closed.",
+    ),
+    (
+        NET_FAILED,
+        "crmprof.network.connect.failures",
+        "{connection}",
+        "TCP connects that failed.",
+    ),
+    (
+        NET_RETRANS,
+        "crmprof.network.retransmits",
+        "{segment}",
+        "TCP retransmissions on the service's sockets.",
+    ),
+    (
+        PEER_WAIT,
+        "crmprof.peer.wait",
+        "s",
+        "Time the service's threads waited on a downstream peer.",
+    ),
+    (
+        PEER_TX,
+        "crmprof.peer.io.transmit",
+        "By",
+        "Bytes sent to a downstream peer.",
+    ),
+    (
+        PEER_RX,
+        "crmprof.peer.io.receive",
+        "By",
+        "Bytes received from a downstream peer.",
+    ),
+    (
+        DISK_READ,
+        "crmprof.disk.io.read",
+        "By",
+        "Bytes the service read from block devices.",
+    ),
+    (
+        DISK_WRITE,
+        "crmprof.disk.io.write",
+        "By",
+        "Bytes the service wrote to block devices.",
+    ),
+    (
+        DISK_IOS,
+        "crmprof.disk.operations",
+        "{operation}",
+        "Block I/O requests of the service, per device.",
+    ),
+    (
+        CPU_ON,
+        "crmprof.cpu.time",
+        "s",
+        "Time the service's threads ran on a CPU.",
+    ),
+    (
+        CPU_RUNQ,
+        "crmprof.cpu.runqueue.time",
+        "s",
+        "Time the service's threads were runnable, waiting for a CPU.",
+    ),
+    (
+        CPU_SWITCH,
+        "crmprof.cpu.context_switches",
+        "{switch}",
+        "Context switches, voluntary (blocked) or involuntary (preempted).",
+    ),
+    (
+        OFFCPU,
+        "crmprof.offcpu.time",
+        "s",
+        "Time the service's threads were off CPU, by why they blocked.",
+    ),
+];
+
+fn resource_families(t: &Totals) -> Vec<Family> {
+    let mut families: Vec<Family> = COUNTERS
+        .iter()
+        .map(|&(prom, otel, unit, help)| Family::new(prom, otel, unit, Kind::Counter, help))
+        .collect();
+    let mut runqueue = Family::new(
+        "crmprof_runqueue_latency_seconds",
+        "crmprof.cpu.runqueue.latency",
+        "ns",
+        Kind::Histogram,
+        "Wakeup or preemption to running again, per service.",
+    );
+    let mut disk = Family::new(
+        "crmprof_disk_io_duration_seconds",
+        "crmprof.disk.io.duration",
+        "ns",
+        Kind::Histogram,
+        "Block I/O request latency, queued to completed, per service.",
+    );
+    for (service, s) in &t.services {
+        for ((metric, labels), &value) in &s.counters {
+            if let Some(f) = families.iter_mut().find(|f| f.prom_name == *metric) {
+                f.service_point(service, labels.clone(), Value::Number(value));
+            }
+        }
+        if s.runqueue.count > 0 {
+            runqueue.service_point(service, vec![], Value::Histogram(s.runqueue.clone()));
+        }
+        if s.disk_io.count > 0 {
+            disk.service_point(service, vec![], Value::Histogram(s.disk_io.clone()));
+        }
+    }
+    families.push(runqueue);
+    families.push(disk);
+    families
+}
+
+/// The time budget and the verdict of each service's last window, as gauges.
+fn verdict_families(t: &Totals) -> Vec<Family> {
+    let mut budget = Family::new(
+        "crmprof_time_budget_ratio",
+        "crmprof.time.budget",
+        "1",
+        Kind::Gauge,
+        "Share of the service's non-idle thread time in each state, last window.",
+    );
+    let mut share = Family::new(
+        "crmprof_bottleneck_share_ratio",
+        "crmprof.bottleneck.share",
+        "1",
+        Kind::Gauge,
+        "The verdict (class, resource labels) and the share of thread time it explains.",
+    );
+    let mut confidence = Family::new(
+        "crmprof_bottleneck_confidence_ratio",
+        "crmprof.bottleneck.confidence",
+        "1",
+        Kind::Gauge,
+        "Confidence of the verdict, 0-1.",
+    );
+    for (service, s) in &t.services {
+        for &(state, v) in &s.budget {
+            budget.service_point(service, vec![("state", state.into())], Value::Number(v));
+        }
+        if let Some((class, resource, sh, conf)) = &s.verdict {
+            let labels = vec![("class", class.clone()), ("resource", resource.clone())];
+            share.service_point(service, labels.clone(), Value::Number(*sh));
+            confidence.service_point(service, labels, Value::Number(*conf));
+        }
+    }
+    vec![budget, share, confidence]
 }
 
 /// Counter, gauge or histogram.
@@ -436,5 +720,93 @@ mod tests {
         assert_eq!(h.count_at_or_below_boundary(40), 3);
         assert_eq!(h.count_at_or_below_boundary(41), 9);
         assert_eq!(h.count_at_or_below_boundary(0), 0);
+    }
+
+    #[test]
+    fn resource_and_verdict_sections_become_families() {
+        use crate::{
+            profile::{CpuProfile, NetworkProfile, PeerProfile},
+            verdict::{Bottleneck, TimeBudget},
+        };
+        let mut t = Totals::new(0);
+        let mut p = crate::export::report::tests::profile(0, "api", 10, 0);
+        p.services[0].network = NetworkProfile {
+            tx_bytes: 1000,
+            peers: vec![
+                PeerProfile {
+                    address: "127.0.0.1".into(),
+                    port: 5432,
+                    service: Some("postgres".into()),
+                    wait_ns: 2_000_000_000,
+                    ..PeerProfile::default()
+                },
+                PeerProfile {
+                    address: "10.0.0.9".into(),
+                    port: 0,
+                    wait_ns: 1,
+                    ..PeerProfile::default()
+                },
+            ],
+            ..NetworkProfile::default()
+        };
+        p.services[0].cpu = CpuProfile {
+            on_cpu_ns: 1_500_000_000,
+            runqueue_buckets: vec![(1_000_000, 3)],
+            ..CpuProfile::default()
+        };
+        p.services[0].time = TimeBudget {
+            on_cpu: 0.25,
+            network_wait: 0.75,
+            ..TimeBudget::default()
+        };
+        p.services[0].bottleneck = Bottleneck {
+            class: "software".into(),
+            resource: "downstream".into(),
+            share: 0.75,
+            confidence: 0.9,
+            ..Bottleneck::default()
+        };
+        t.add(&p);
+        t.add(&p);
+        let families = t.families(&[]);
+        let number = |name: &str, label: Option<(&str, &str)>| -> Vec<f64> {
+            families
+                .iter()
+                .filter(|f| f.prom_name == name)
+                .flat_map(|f| f.points.iter())
+                .filter(|pt| {
+                    label.is_none_or(|(k, v)| pt.labels.iter().any(|(a, b)| *a == k && b == v))
+                })
+                .filter_map(|pt| match pt.value {
+                    Value::Number(n) => Some(n),
+                    Value::Histogram(_) => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            number("crmprof_network_transmit_bytes_total", None),
+            vec![2000.0]
+        );
+        assert_eq!(number("crmprof_cpu_seconds_total", None), vec![3.0]);
+        // Only the outbound peer, cumulative over both windows.
+        assert_eq!(number("crmprof_peer_wait_seconds_total", None), vec![4.0]);
+        assert_eq!(
+            number("crmprof_time_budget_ratio", Some(("state", "network_wait"))),
+            vec![0.75],
+            "a gauge: the last window, not a sum"
+        );
+        assert_eq!(
+            number(
+                "crmprof_bottleneck_share_ratio",
+                Some(("resource", "downstream"))
+            ),
+            vec![0.75]
+        );
+        let rq = families
+            .iter()
+            .find(|f| f.prom_name == "crmprof_runqueue_latency_seconds")
+            .and_then(|f| f.points.first())
+            .map(|p| p.value.clone());
+        assert!(matches!(rq, Some(Value::Histogram(h)) if h.count == 6));
     }
 }
