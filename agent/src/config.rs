@@ -94,6 +94,9 @@ pub struct PrometheusConfig {
     pub enabled: bool,
     /// Listen address. Default 127.0.0.1:9464 (loopback: profiles name processes).
     pub listen: SocketAddr,
+    /// `/metrics` is plain HTTP: a non-loopback `listen` needs this explicit opt-in (for a
+    /// scraper on another host or pod, on a network you trust).
+    pub allow_non_loopback: bool,
 }
 
 impl Default for PrometheusConfig {
@@ -101,6 +104,7 @@ impl Default for PrometheusConfig {
         Self {
             enabled: true,
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9464),
+            allow_non_loopback: false,
         }
     }
 }
@@ -350,6 +354,17 @@ impl Config {
                 format!(
                     "[export] retry_initial {:?} must be at least 10ms and at most retry_max {:?}",
                     export.retry_initial, export.retry_max
+                ),
+            ));
+        }
+        let prom = &export.prometheus;
+        if prom.enabled && !prom.listen.ip().is_loopback() && !prom.allow_non_loopback {
+            return Err(invalid(
+                key_line("listen"),
+                format!(
+                    "[export.prometheus] listen {} is not a loopback address and /metrics has no \
+                     TLS; set allow_non_loopback = true to serve it there anyway",
+                    prom.listen
                 ),
             ));
         }
@@ -621,6 +636,7 @@ mod tests {
                         PrometheusConfig {
                             enabled: _,
                             listen: _,
+                            allow_non_loopback: _,
                         },
                     remote_write: _,
                     otlp: _,
@@ -644,6 +660,7 @@ mod tests {
                 "otlp_logs",
                 "enabled",
                 "listen",
+                "allow_non_loopback",
             ],
             "deploy/crmprof.toml documents these keys"
         );
@@ -704,6 +721,20 @@ mod tests {
             Some("a".to_owned())
         );
         assert_eq!(otlp.map(|o| o.timeout), Some(Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn metrics_off_loopback_needs_consent() {
+        let e = error("[export.prometheus]\nlisten = \"0.0.0.0:9464\"\n");
+        assert!(
+            e.starts_with("test.toml:2:") && e.contains("allow_non_loopback"),
+            "{e}"
+        );
+        assert!(
+            parse("[export.prometheus]\nlisten = \"0.0.0.0:9464\"\nallow_non_loopback = true\n")
+                .is_ok()
+        );
+        assert!(parse("[export.prometheus]\nlisten = \"[::1]:9464\"\n").is_ok());
     }
 
     #[test]
