@@ -201,9 +201,8 @@ fn unit_system_call_filter_allows_what_crmprof_calls() {
     }
     let scratch = Scratch::new("strace");
     let data = scratch.0.join("data");
-    let summary = scratch.0.join("strace.txt");
     let mut called = std::collections::BTreeSet::new();
-    for args in [
+    for (run, args) in [
         vec!["profile", "--duration", "1s", "--comm", "x"],
         vec![
             "run",
@@ -213,10 +212,15 @@ fn unit_system_call_filter_allows_what_crmprof_calls() {
             "--data-dir",
             data.to_str().expect("UTF-8"),
         ],
-    ] {
-        // `run` goes on until timeout sends SIGINT to strace and the agent (exit 124).
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let summary = scratch.0.join(format!("strace-{run}.txt"));
+        // `run` goes on until timeout sends SIGINT to strace and the agent (exit 124). Under
+        // strace start-up is slow (BTF parsing, exporters): give it time to reach bpf(2).
         let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "INT", "4", "strace", "-f", "-c", "-o"])
+        cmd.args(["-s", "INT", "15", "strace", "-f", "-c", "-o"])
             .arg(&summary)
             .arg(crmprof())
             .args(&args);
