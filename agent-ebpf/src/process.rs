@@ -94,6 +94,9 @@ fn try_exec() -> Result<(), ()> {
         set_service(tgid, service);
         count(Counter::ExecMatched);
     }
+    if service != NO_SERVICE {
+        crate::sched::thread_running(bpf_get_current_pid_tgid() as u32, service);
+    }
     // SAFETY: reading a loader-filled global.
     if service != NO_SERVICE || unsafe { core::ptr::read_volatile(&REPORT_ALL_EXECS) } != 0 {
         emit(proc_event::EXEC, tgid, 0, service);
@@ -120,7 +123,7 @@ fn try_exit() -> Result<(), ()> {
         return Ok(());
     }
     crate::syscalls::forget_thread(tid);
-    crate::sched::forget_thread(tid);
+    crate::sched::thread_exiting(tid);
     // The leader's exit ends the process for us. A leader that exits before its other threads
     // (rare: pthread_exit from main) unselects them early; `group_dead` would tell, but it is
     // absent before Linux 6.16 and reading it would fail to attach there.

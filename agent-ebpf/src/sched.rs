@@ -280,8 +280,40 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "sched_wakeup_new")]
 pub fn sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
-    match try_wakeup(&ctx) {
+    match try_wakeup_new(&ctx) {
         Ok(()) | Err(()) => 0,
+    }
+}
+
+/// A new task's first wakeup: if it belongs to a selected process (fork already put a new
+/// process in its parent's service), track it from now, so its first time slice counts too.
+#[inline(always)]
+fn try_wakeup_new(ctx: &RawTracePointContext) -> Result<(), ()> {
+    let task: *const u8 = ctx.arg(0);
+    let o = offsets();
+    let tid: u32 = read_field(task, o.task_pid)?;
+    if THREADS.get_ptr_mut(tid).is_none() {
+        let tgid: u32 = read_field(task, o.task_tgid)?;
+        let service = service_of(tgid);
+        if service == NO_SERVICE {
+            return Ok(());
+        }
+        thread_of(tid, u32::from(service)).ok_or(())?;
+    }
+    try_wakeup(ctx)
+}
+
+/// A selected thread that is running right now (it just exec'd): track it from now, so the
+/// time until its first switch-out counts.
+#[inline(always)]
+pub fn thread_running(tid: u32, service: u16) {
+    if let Some(t) = thread_of(tid, u32::from(service)) {
+        // SAFETY: this thread's THREADS value; it is on this CPU now.
+        unsafe {
+            if (*t).oncpu_since == 0 {
+                (*t).oncpu_since = now_ns();
+            }
+        }
     }
 }
 
@@ -308,6 +340,24 @@ pub fn set_last_peer(tid: u32, service: u32, peer: &PeerKey) {
         // SAFETY: this thread's THREADS value.
         unsafe { (*t).peer = *peer };
     }
+}
+
+/// A selected thread is exiting (sched_process_exit, in its own context, on CPU): account its
+/// last time slice now — its final switch-out comes after its process has left the service —
+/// and stop tracking it.
+#[inline(always)]
+pub fn thread_exiting(tid: u32) {
+    if let Some(t) = THREADS.get_ptr_mut(tid) {
+        // SAFETY: this thread's THREADS value.
+        let (service, since) = unsafe { ((*t).service, (*t).oncpu_since) };
+        if since != 0
+            && let Some(s) = stats_of(service)
+        {
+            // SAFETY: this CPU's stats value.
+            unsafe { (*s).on_cpu_ns += in_window(now_ns(), since) };
+        }
+    }
+    forget_thread(tid);
 }
 
 #[inline(always)]

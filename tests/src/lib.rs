@@ -5,6 +5,7 @@
 #![expect(clippy::expect_used, reason = "tests panic with a message")]
 
 pub mod export;
+pub mod servers;
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},

@@ -209,6 +209,7 @@ fn one_spinning_thread_is_on_cpu_for_its_cpu_time() {
     Workload::start(&scratch, &name, false, &["spin", &CPU_MS.to_string(), "1"]).wait_success();
     let doc = parse_profile(&agent.interrupt_and_output());
     let on_cpu = u(&svc(&doc, &name)["cpu"]["on_cpu_ns"]);
+    println!("on_cpu_ns {on_cpu} for {CPU_MS} ms of the thread's own CPU time");
     // The process also starts and exits: a few ms on top of the spin.
     assert!(
         within(on_cpu, CPU_MS * 1_000_000, 0.05),

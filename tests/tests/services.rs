@@ -5,64 +5,18 @@
 use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use integration_tests::{
-    Agent, Scratch, Workload, crmprof, parse_profile, privileged, service, sh,
+    Agent, Scratch, Workload, crmprof, parse_profile, privileged, servers, service,
 };
 use serde_json::Value;
 
 fn tag(prefix: &str) -> String {
     format!("{prefix}{}", std::process::id() % 100_000)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} did not listen on {port} within 30 s");
-}
-
-/// A server process killed (and its children reaped) on drop.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
-fn which(candidates: &[&str]) -> Option<PathBuf> {
-    candidates.iter().map(PathBuf::from).find(|p| p.exists())
-}
-
-fn postgres_bin(tool: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path().join("bin"))
-        .collect();
-    dirs.sort();
-    dirs.into_iter()
-        .rev()
-        .map(|d| d.join(tool))
-        .find(|p| p.exists())
 }
 
 fn services_json(args: &[&str]) -> Value {
@@ -94,94 +48,15 @@ fn real_nginx_postgres_and_redis_are_one_service_each() {
     if !privileged("real_nginx_postgres_and_redis_are_one_service_each") {
         return;
     }
-    let (Some(nginx), Some(redis), Some(initdb), Some(pg)) = (
-        which(&["/usr/sbin/nginx"]),
-        which(&["/usr/bin/redis-server"]),
-        postgres_bin("initdb"),
-        postgres_bin("postgres"),
-    ) else {
-        panic!("nginx, redis-server and postgresql must be installed (.ci/run installs them)");
-    };
     let scratch = Scratch::new("servers");
-    let dir = scratch.0.clone();
-    sh(&format!("chmod 755 {}", dir.display()));
-
-    // nginx with two workers.
-    let nginx_port = free_port();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; \
-             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{nginx_port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
-            d = dir.display()
-        ),
-    )
-    .expect("writing nginx.conf");
-    let _nginx = Server(
-        Command::new(&nginx)
-            .args(["-c", conf.to_str().expect("UTF-8"), "-g", "daemon off;"])
-            .spawn()
-            .expect("starting nginx"),
-    );
-
-    // PostgreSQL as the postgres user, in a scratch cluster.
-    let pg_port = free_port();
-    let data = dir.join("pg");
-    sh(&format!(
-        "install -d -o postgres -m 700 {data} && runuser -u postgres -- {initdb} -D {data} -A trust -U postgres >/dev/null",
-        data = data.display(),
-        initdb = initdb.display()
-    ));
-    let _postgres = Server(
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(&pg)
-            .args([
-                "-D",
-                data.to_str().expect("UTF-8"),
-                "-p",
-                &pg_port.to_string(),
-            ])
-            .args([
-                "-k",
-                data.to_str().expect("UTF-8"),
-                "-c",
-                "listen_addresses=127.0.0.1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting postgres"),
-    );
-
-    // Redis without persistence.
-    let redis_port = free_port();
-    let _redis = Server(
-        Command::new(&redis)
-            .args([
-                "--port",
-                &redis_port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no", "--dir", dir.to_str().expect("UTF-8")])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting redis-server"),
-    );
-    wait_for_port(nginx_port, "nginx");
-    wait_for_port(pg_port, "postgres");
-    wait_for_port(redis_port, "redis");
+    let nginx = servers::nginx(&scratch.0, 2);
+    let postgres = servers::postgres(&scratch.0);
+    let redis = servers::redis(&scratch.0);
+    let (nginx_port, pg_port, redis_port) = (nginx.port, postgres.port, redis.port);
 
     let agent = Agent::start(&["profile", "--duration", "120s"]);
     // Load: HTTP requests, five concurrent PostgreSQL clients, Redis PINGs.
-    let psql = postgres_bin("psql").unwrap_or_else(|| PathBuf::from("psql"));
+    let psql = servers::postgres_bin("psql");
     let clients: Vec<Child> = (0..5)
         .map(|_| {
             Command::new(&psql)
@@ -286,7 +161,7 @@ fn config_rules_select_by_port_and_cmdline() {
         return;
     }
     let scratch = Scratch::new("rules");
-    let port = free_port();
+    let port = servers::free_port();
     let config = scratch.0.join("crmprof.toml");
     std::fs::write(
         &config,
