@@ -224,13 +224,16 @@ impl Registry {
             proc_event::FORK if service != NO_SERVICE => self.note(event.pid, service),
             proc_event::EXEC if self.opts.selection == Selection::Discover => {
                 // Name the new program. A strong rule (config, unit, container, well-known
-                // server) moves it; otherwise it stays in the service it inherited, and an
-                // unselected process is grouped by its executable.
+                // server) always applies. Otherwise a child that execs a different program
+                // leaves a service that was only "processes of that executable" for its own
+                // executable's group, and stays in a strongly named one (a unit's or a
+                // server's helpers are that service's work).
                 let Some(p) = procfs::read(event.pid) else {
                     return Ok(());
                 };
+                let inherited_weak = self.service(service).is_none_or(|s| !s.rule.is_strong());
                 match self.classify(&p, &[]) {
-                    Some((name, rule)) if rule.is_strong() || service == NO_SERVICE => {
+                    Some((name, rule)) if rule.is_strong() || inherited_weak => {
                         if let Ok(id) = self.service_id(&name, rule) {
                             self.assign(event.pid, id, sel)?;
                         }
