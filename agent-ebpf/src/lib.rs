@@ -398,9 +398,12 @@ pub struct ThreadState {
     pub oncpu_since: u64,
     pub offcpu_since: u64,
     pub runnable_since: u64,
-    /// The last socket peer this thread sent to or received from (`peer.port == 0`: none), to
-    /// which a network wait is attributed.
+    /// The last socket peer this thread sent to or received from (`peer.family == 0`: none),
+    /// to which a network wait is attributed.
     pub peer: PeerKey,
+    /// 1 when the thread's last socket operation was a send (it may be awaiting a response).
+    pub last_sent: u32,
+    pub _pad: u32,
 }
 
 /// Per service, cumulative.

@@ -43,7 +43,8 @@ static PEER_STATS: PerCpuHashMap<PeerKey, PeerStats> =
 #[map(name = "SOCK_OWNER")]
 static SOCK_OWNER: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 
-/// Listening ports of selected services.
+/// Listening ports of selected services: recorded at listen(), seeded by the agent at start for
+/// servers already listening.
 #[map(name = "LISTEN_OWNER")]
 static LISTEN_OWNER: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
 
@@ -113,7 +114,12 @@ fn peer_of(sk: *const u8, service: u32) -> Result<PeerKey, ()> {
     let local: u16 = read_field(sk, o.skc_num)?;
     // SAFETY: a read of a loader-filled global.
     let ephemeral = unsafe { core::ptr::read_volatile(&EPHEMERAL_PORT_MIN) };
-    let inbound = u32::from(local) < ephemeral && u32::from(remote) >= ephemeral;
+    // Inbound: the local port is one a selected service listens on (known at listen(), or
+    // seeded by the agent at start), or failing that, a client's ephemeral port talking to a
+    // low one.
+    // SAFETY: a plain hash lookup; only presence matters.
+    let listening = unsafe { LISTEN_OWNER.get(u32::from(local)) }.is_some();
+    let inbound = listening || (u32::from(local) < ephemeral && u32::from(remote) >= ephemeral);
     peer.port = if inbound { 0 } else { remote };
     Ok(peer)
 }
@@ -171,7 +177,7 @@ fn try_bytes(ctx: &RawTracePointContext, send: bool) -> Result<(), ()> {
             }
         }
     }
-    crate::sched::set_last_peer(tid, service, &peer);
+    crate::sched::set_last_peer(tid, service, &peer, send);
     Ok(())
 }
 

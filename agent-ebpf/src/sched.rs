@@ -120,7 +120,7 @@ pub fn thread_of(tid: u32, service: u32) -> Option<*mut ThreadState> {
 /// sleep is uninterruptible (D state: block I/O, page faults) or interruptible (sockets, pipes,
 /// futexes, timers).
 #[inline(always)]
-fn reason(tid: u32, state: u64) -> u32 {
+fn reason(tid: u32, state: u64, t: *const ThreadState) -> u32 {
     let d_state = state & TASK_UNINTERRUPTIBLE != 0;
     let packed = SYSCALL_START.get(tid).copied().unwrap_or(0);
     if packed == 0 {
@@ -139,6 +139,9 @@ fn reason(tid: u32, state: u64) -> u32 {
     (match class {
         syscall_class::LOCK => offcpu::LOCK,
         syscall_class::SLEEP => offcpu::SLEEP,
+        // An event loop waiting right after it sent a request to an outbound peer is waiting
+        // for that peer's response, not for new work.
+        syscall_class::WAIT_FOR_WORK if awaiting_response(t) => offcpu::NETWORK,
         syscall_class::WAIT_FOR_WORK => offcpu::IDLE,
         syscall_class::NET => offcpu::NETWORK,
         syscall_class::NET_SEND => offcpu::NETWORK_SEND,
@@ -148,6 +151,15 @@ fn reason(tid: u32, state: u64) -> u32 {
         _ if d_state => offcpu::DISK,
         _ => offcpu::OTHER,
     }) as u32
+}
+
+/// Whether the thread's last socket operation was a send to an outbound peer (a remote port
+/// it connected to, not a client's ephemeral port).
+#[inline(always)]
+fn awaiting_response(t: *const ThreadState) -> bool {
+    // SAFETY: `t` points at this thread's live THREADS value.
+    let (sent, family, port) = unsafe { ((*t).last_sent, (*t).peer.family, (*t).peer.port) };
+    sent != 0 && family != 0 && port != 0
 }
 
 /// Ends an off-CPU interval: its time goes to its reason (and, for network waits, to the peer
@@ -238,7 +250,7 @@ fn switch_out(tid: u32, service: u32, preempt: bool, state: u64, now: u64) {
         } else {
             (*s).voluntary_switches += 1;
             (*t).offcpu_since = now;
-            (*t).reason = reason(tid, state);
+            (*t).reason = reason(tid, state, t);
         }
     }
 }
@@ -335,10 +347,13 @@ fn try_wakeup(ctx: &RawTracePointContext) -> Result<(), ()> {
 
 /// Remembers the peer a selected thread last used, for attributing its network waits.
 #[inline(always)]
-pub fn set_last_peer(tid: u32, service: u32, peer: &PeerKey) {
+pub fn set_last_peer(tid: u32, service: u32, peer: &PeerKey, sent: bool) {
     if let Some(t) = thread_of(tid, service) {
         // SAFETY: this thread's THREADS value.
-        unsafe { (*t).peer = *peer };
+        unsafe {
+            (*t).peer = *peer;
+            (*t).last_sent = u32::from(sent);
+        }
     }
 }
 

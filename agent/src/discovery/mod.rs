@@ -33,6 +33,7 @@ pub enum Selection {
 pub trait Selector {
     fn set_service(&mut self, tgid: u32, service: u16) -> Result<(), ProbeError>;
     fn add_comm_rule(&mut self, comm: &str, service: u16) -> Result<(), ProbeError>;
+    fn add_listener(&mut self, port: u16, service: u16) -> Result<(), ProbeError>;
 }
 
 impl Selector for Probes {
@@ -41,6 +42,9 @@ impl Selector for Probes {
     }
     fn add_comm_rule(&mut self, comm: &str, service: u16) -> Result<(), ProbeError> {
         Probes::add_comm_rule(self, comm, service)
+    }
+    fn add_listener(&mut self, port: u16, service: u16) -> Result<(), ProbeError> {
+        Probes::add_listener(self, port, service)
     }
 }
 
@@ -52,6 +56,9 @@ impl Selector for DryRun {
         Ok(())
     }
     fn add_comm_rule(&mut self, _: &str, _: u16) -> Result<(), ProbeError> {
+        Ok(())
+    }
+    fn add_listener(&mut self, _: u16, _: u16) -> Result<(), ProbeError> {
         Ok(())
     }
 }
@@ -180,6 +187,24 @@ impl Registry {
                             self.assign(p.pid, id, sel)?;
                         }
                     }
+                }
+            }
+        }
+        self.seed_listeners(sel)
+    }
+
+    /// Tells the kernel which ports the selected services already listen on, so their accepted
+    /// connections are counted and their clients recognised as inbound.
+    fn seed_listeners(&mut self, sel: &mut dyn Selector) -> Result<(), StartError> {
+        let selected: Vec<ProcInfo> = self
+            .by_pid
+            .keys()
+            .filter_map(|&pid| procfs::read(pid))
+            .collect();
+        for (pid, ports) in procfs::listening_ports(&selected) {
+            if let Some(&id) = self.by_pid.get(&pid) {
+                for port in ports {
+                    sel.add_listener(port, id)?;
                 }
             }
         }

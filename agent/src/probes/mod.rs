@@ -224,6 +224,17 @@ impl Probes {
         Ok(group[(tgid % 4) as usize])
     }
 
+    /// Records that a selected service listens on a TCP port (servers that were listening
+    /// before the agent started; the kernel records later listens itself).
+    pub fn add_listener(&mut self, port: u16, service: u16) -> Result<(), ProbeError> {
+        let mut map: HashMap<&mut MapData, u32, u32> = map_mut(&mut self.ebpf, maps::LISTEN_OWNER)?;
+        map.insert(u32::from(port), u32::from(service), 0)
+            .map_err(|e| ProbeError::MapWrite {
+                name: maps::LISTEN_OWNER,
+                reason: e.to_string(),
+            })
+    }
+
     /// Adds a comm rule applied by the kernel at every exec.
     pub fn add_comm_rule(&mut self, comm: &str, service: u16) -> Result<(), ProbeError> {
         let mut key = [0u8; COMM_LEN];
