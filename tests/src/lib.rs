@@ -177,6 +177,23 @@ pub struct Agent {
     pub child: Child,
     lines: mpsc::Receiver<String>,
     pub stderr_seen: Vec<String>,
+    guard: KillOnDrop,
+}
+
+/// Kills an agent a test did not stop (it panicked first): a leftover agent would go on
+/// profiling, and slowing, everything after it.
+struct KillOnDrop {
+    pid: i32,
+    armed: bool,
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.armed {
+            // SAFETY: kill with the pid of our own, not yet reaped, child.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+    }
 }
 
 impl Agent {
@@ -202,10 +219,15 @@ impl Agent {
                 }
             }
         });
+        let guard = KillOnDrop {
+            pid: child.id() as i32,
+            armed: true,
+        };
         let mut agent = Self {
             child,
             lines,
             stderr_seen: Vec::new(),
+            guard,
         };
         agent.wait_for_line("measuring", Duration::from_secs(30));
         agent
@@ -251,7 +273,15 @@ impl Agent {
 
     /// Sends `signal` (SIGINT or SIGTERM) and returns stdout and all of stderr, asserting a
     /// zero exit.
+    /// SIGKILL, as a crash would: no clean shutdown.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL crmprof");
+        let _ = self.child.wait();
+        self.guard.armed = false;
+    }
+
     pub fn stop(mut self, signal: i32) -> (String, String) {
+        self.guard.armed = false;
         // SAFETY: kill with a valid pid of our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         let out = self.child.wait_with_output().expect("waiting for crmprof");
