@@ -502,3 +502,46 @@ pub fn wait_for_quiet_cpu(max_busy: f64, timeout: std::time::Duration) -> f64 {
         }
     }
 }
+
+/// A network namespace joined to the host by a veth pair: host side `SUBNET.1/24`, namespace
+/// side `SUBNET.2/24`. Removed (with the pair) on drop, even when the test panics.
+pub struct Netns {
+    pub name: String,
+    pub host_if: String,
+}
+
+impl Netns {
+    pub fn new(name: &str, subnet: &str) -> Self {
+        let quiet = |args: &[&str]| {
+            let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+        };
+        quiet(&["netns", "del", name]);
+        let (host_if, ns_if) = (format!("{name}a"), format!("{name}b"));
+        sh(&format!(
+            "ip netns add {name} && ip link add {host_if} type veth peer name {ns_if} && \
+             ip link set {ns_if} netns {name} && ip addr add {subnet}.1/24 dev {host_if} && \
+             ip link set {host_if} up && ip -n {name} addr add {subnet}.2/24 dev {ns_if} && \
+             ip -n {name} link set {ns_if} up && ip -n {name} link set lo up"
+        ));
+        Self {
+            name: name.to_owned(),
+            host_if,
+        }
+    }
+
+    /// The command prefix that runs a program inside the namespace.
+    pub fn exec(&self) -> [&str; 4] {
+        ["ip", "netns", "exec", &self.name]
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for args in [
+            ["link", "del", self.host_if.as_str()],
+            ["netns", "del", self.name.as_str()],
+        ] {
+            let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+        }
+    }
+}

@@ -55,10 +55,11 @@ fn profile_as_nobody_with_bpf_and_perfmon_only() {
     );
 }
 
-/// Auto-discovery as nobody holding `caps`: the agent names this test process (root) by its
-/// executable at start-up — readlink of another user's /proc/PID/exe, which needs
-/// CAP_SYS_PTRACE — and a workload the test starts after the capability drop inherits that
-/// service at fork. Returns the workload's service, if any, and the agent's stderr.
+/// Auto-discovery as nobody holding `caps`: a workload (root) the test starts after the
+/// capability drop is named by its executable when it execs — readlink of another user's
+/// /proc/PID/exe, which needs CAP_SYS_PTRACE. (It is first in this test process's service by
+/// fork, then in its own; the service that holds its sleeps is the one returned.) Returns the
+/// workload's service, if any, and the agent's stderr.
 fn auto_discovery_as_nobody(caps: &[&str], tag: &str) -> (Option<serde_json::Value>, String) {
     const N: u64 = 50;
     let scratch = Scratch::new(tag);
@@ -79,18 +80,21 @@ fn auto_discovery_as_nobody(caps: &[&str], tag: &str) -> (Option<serde_json::Val
     let pid = workload.pid();
     let (stdout, stderr) = agent.interrupt();
     let doc = parse_profile(&stdout);
+    let sleeps_of = |s: &serde_json::Value| {
+        syscall(s, "clock_nanosleep").map_or(0, |c| c["count"].as_u64().unwrap_or(0))
+    };
     let svc = doc["services"].as_array().and_then(|services| {
         services
             .iter()
-            .find(|s| {
+            .filter(|s| {
                 s["pids"]
                     .as_array()
                     .is_some_and(|p| p.iter().any(|p| *p == pid))
             })
+            .max_by_key(|s| sleeps_of(s))
             .cloned()
     });
     if let Some(svc) = &svc {
-        // The service is this test process's, whose own sleeps count too.
         let sleeps = syscall(svc, "clock_nanosleep").expect("clock_nanosleep recorded");
         let count = sleeps["count"].as_u64().expect("count");
         assert!(count >= N, "at least the workload's {N} sleeps: {sleeps:#}");

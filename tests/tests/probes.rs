@@ -4,7 +4,7 @@
 use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
 use integration_tests::{
-    Agent, Scratch, Workload, dominant, parse_profile, privileged, service, sh, time_shares,
+    Agent, Netns, Scratch, Workload, dominant, parse_profile, privileged, service, time_shares,
 };
 use serde_json::Value;
 
@@ -102,36 +102,15 @@ fn transfer_into_a_network_namespace() {
     if !privileged("transfer_into_a_network_namespace") {
         return;
     }
-    let ns = tag("crmt");
-    let (host_if, ns_if) = (format!("{ns}a"), format!("{ns}b"));
-    let _ = std::process::Command::new("ip")
-        .args(["netns", "del", &ns])
-        .status();
-    sh(&format!(
-        "ip netns add {ns} && ip link add {host_if} type veth peer name {ns_if} && \
-         ip link set {ns_if} netns {ns} && ip addr add 10.213.0.1/24 dev {host_if} && \
-         ip link set {host_if} up && ip -n {ns} addr add 10.213.0.2/24 dev {ns_if} && \
-         ip -n {ns} link set {ns_if} up && ip -n {ns} link set lo up"
-    ));
+    let ns = Netns::new(&tag("crmt"), "10.213.0");
     let scratch = Scratch::new("netns");
-    let result = std::panic::catch_unwind(|| {
-        transfer(
-            &scratch,
-            &["ip", "netns", "exec", &ns],
-            "10.213.0.2:0",
-            "10.213.0.2",
-            100 << 20,
-        );
-    });
-    let _ = std::process::Command::new("ip")
-        .args(["link", "del", &host_if])
-        .status();
-    let _ = std::process::Command::new("ip")
-        .args(["netns", "del", &ns])
-        .status();
-    if let Err(e) = result {
-        std::panic::resume_unwind(e);
-    }
+    transfer(
+        &scratch,
+        &ns.exec(),
+        "10.213.0.2:0",
+        "10.213.0.2",
+        100 << 20,
+    );
 }
 
 /// The block device a path lives on, by kernel name ("vda").

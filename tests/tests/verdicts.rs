@@ -6,7 +6,7 @@
 use std::{os::unix::fs::MetadataExt as _, process::Command, time::Duration};
 
 use integration_tests::{
-    Agent, Scratch, Workload, parse_profile, privileged, service, sh, wait_for_quiet_cpu,
+    Agent, Netns, Scratch, Workload, parse_profile, privileged, service, sh, wait_for_quiet_cpu,
 };
 use serde_json::Value;
 
@@ -50,19 +50,6 @@ fn outcome(
         expected,
         verdict,
     }
-}
-
-fn netns(ns: &str, host_if: &str, ns_if: &str, subnet: &str) {
-    let _ = Command::new("ip")
-        .args(["netns", "del", ns])
-        .stderr(std::process::Stdio::null())
-        .status();
-    sh(&format!(
-        "ip netns add {ns} && ip link add {host_if} type veth peer name {ns_if} && \
-         ip link set {ns_if} netns {ns} && ip addr add {subnet}.1/24 dev {host_if} && \
-         ip link set {host_if} up && ip -n {ns} addr add {subnet}.2/24 dev {ns_if} && \
-         ip -n {ns} link set {ns_if} up && ip -n {ns} link set lo up"
-    ));
 }
 
 #[test]
@@ -166,9 +153,8 @@ fn scenario_suite() {
     ));
 
     // A sender held back by a 40 Mbit/s tbf on a veth into a namespace.
-    let ns = tag("crmv");
-    let (host_if, ns_if) = (format!("{ns}a"), format!("{ns}b"));
-    netns(&ns, &host_if, &ns_if, "10.214.0");
+    let ns = Netns::new(&tag("crmv"), "10.214.0");
+    let host_if = &ns.host_if;
     sh(&format!(
         "tc qdisc add dev {host_if} root tbf rate 40mbit burst 32kbit latency 400ms"
     ));
@@ -176,7 +162,7 @@ fn scenario_suite() {
     let doc = profile(&[&snk, &src], || {
         let mut sink = Workload::start_in(
             &scratch,
-            &["ip", "netns", "exec", &ns],
+            &ns.exec(),
             &snk,
             false,
             &["tcp-sink", "10.214.0.2:0"],
@@ -193,8 +179,7 @@ fn scenario_suite() {
         let _ = sink.read_line();
         sink.wait_success();
     });
-    let _ = Command::new("ip").args(["link", "del", &host_if]).status();
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    drop(ns);
     outcomes.push(outcome(
         &doc,
         "sender on a 40 Mbit/s link",
