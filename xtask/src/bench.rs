@@ -255,42 +255,29 @@ fn switches(pid: u32) -> u64 {
         .sum()
 }
 
+/// Every loaded BPF program, as bpftool describes it (`bpftool prog show --json`).
+fn programs() -> Vec<serde_json::Value> {
+    output(Command::new("bpftool").args(["prog", "show", "--json"]))
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .unwrap_or_default()
+}
+
 /// Programs' (name → (run_time_ns, run_cnt)) loaded after `before` (program ids).
 fn bpf_prog_stats(before: &[u64]) -> BTreeMap<String, (u64, u64)> {
-    let Some(json) = output(Command::new("bpftool").args(["prog", "show", "--json"])) else {
-        return BTreeMap::new();
-    };
-    let mut out = BTreeMap::new();
-    // A tiny extraction without a JSON dependency in xtask: objects are flat enough.
-    for obj in json.split("},{") {
-        let field = |k: &str| -> Option<String> {
-            let at = obj.find(&format!("\"{k}\":"))? + k.len() + 3;
-            let rest = &obj[at..];
-            let end = rest.find([',', '}']).unwrap_or(rest.len());
-            Some(rest[..end].trim_matches('"').to_owned())
-        };
-        let (Some(id), Some(name)) = (field("id"), field("name")) else {
-            continue;
-        };
-        let Ok(id) = id.parse::<u64>() else { continue };
-        if before.contains(&id) {
-            continue;
-        }
-        let time = field("run_time_ns")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let cnt = field("run_cnt").and_then(|v| v.parse().ok()).unwrap_or(0);
-        out.insert(name, (time, cnt));
-    }
-    out
+    programs()
+        .iter()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| !before.contains(&id)))
+        .filter_map(|p| {
+            let name = p["name"].as_str()?.to_owned();
+            let time = p["run_time_ns"].as_u64().unwrap_or(0);
+            let count = p["run_cnt"].as_u64().unwrap_or(0);
+            Some((name, (time, count)))
+        })
+        .collect()
 }
 
 fn prog_ids() -> Vec<u64> {
-    output(Command::new("bpftool").args(["prog", "list"]))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
-        .collect()
+    programs().iter().filter_map(|p| p["id"].as_u64()).collect()
 }
 
 pub fn run(opts: &Options) -> anyhow::Result<()> {
