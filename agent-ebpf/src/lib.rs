@@ -11,8 +11,15 @@ pub mod maps {
     pub const PID_SERVICE: &str = "PID_SERVICE";
     /// `Array<u64>`: per thread, the packed start of the syscall in progress (see [`crate::start`]).
     pub const SYSCALL_START: &str = "SYSCALL_START";
-    /// `PerCpuHashMap<SyscallKey, SyscallStats>`.
+    /// `PerCpuHashMap<SyscallKey, SyscallStats>`: latency of the calls that were timed.
     pub const SYSCALL_STATS: &str = "SYSCALL_STATS";
+    /// `Array<u64>` (mmapable): every syscall counted, one CPU's rows after another, indexed
+    /// by [`crate::syscall_calls_index`].
+    pub const SYSCALL_CALLS: &str = "SYSCALL_CALLS";
+    /// `PerCpuArray<OnCpu>`: the task running on each CPU, kept by `sched_switch`.
+    pub const ON_CPU: &str = "ON_CPU";
+    /// `Array<u64>`: bumped whenever `PID_SERVICE` changes, so cached selections are refreshed.
+    pub const SELECTION_GEN: &str = "SELECTION_GEN";
     /// `PerCpuHashMap<ErrnoKey, u64>`: failed calls by errno.
     pub const SYSCALL_ERRORS: &str = "SYSCALL_ERRORS";
     /// `HashMap<[u8; 16], u32>`: comm → service id, applied at exec.
@@ -58,6 +65,9 @@ pub mod maps {
 pub mod programs {
     pub const SYS_ENTER: &str = "sys_enter";
     pub const SYS_EXIT: &str = "sys_exit";
+    /// The same without the scheduler group: per-call selection lookup, per-thread state.
+    pub const SYS_ENTER_ALONE: &str = "sys_enter_alone";
+    pub const SYS_EXIT_ALONE: &str = "sys_exit_alone";
     pub const PROCESS_FORK: &str = "sched_process_fork";
     pub const PROCESS_EXEC: &str = "sched_process_exec";
     pub const PROCESS_EXIT: &str = "sched_process_exit";
@@ -91,6 +101,37 @@ pub mod globals {
     pub const REPORT_LISTENS: &str = "REPORT_LISTENS";
     /// `u32`: first port of `net.ipv4.ip_local_port_range`.
     pub const EPHEMERAL_PORT_MIN: &str = "EPHEMERAL_PORT_MIN";
+    /// `u32`: time one syscall in `mask + 1` (a power of two); 0 times every call.
+    pub const SYSCALL_SAMPLE_MASK: &str = "SYSCALL_SAMPLE_MASK";
+    /// `u32`: service rows per CPU in `SYSCALL_CALLS` (max_services + 1).
+    pub const SYSCALL_ROWS: &str = "SYSCALL_ROWS";
+}
+
+/// Syscall numbers counted per service: x86_64's table ends below 512.
+pub const SYSCALL_NR_SLOTS: u32 = 512;
+
+/// The `SYSCALL_CALLS` element of (CPU, service, syscall): each CPU owns `rows` rows of
+/// [`SYSCALL_NR_SLOTS`] counters — one 4 KiB page per service — so no two CPUs write a line.
+#[inline(always)]
+pub const fn syscall_calls_index(cpu: u32, rows: u32, service: u32, nr: u32) -> u32 {
+    (cpu * rows + service) * SYSCALL_NR_SLOTS + nr
+}
+
+/// Value of `ON_CPU`: who is running on this CPU and the syscall it is in. `sched_switch`
+/// parks `call` in `SYSCALL_START` when the task switches out and restores it when it comes
+/// back, so the syscall probes touch only this CPU's memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OnCpu {
+    pub tid: u32,
+    pub service: u32,
+    /// The `SELECTION_GEN` this selection was read at; a stale one is re-read.
+    pub generation: u64,
+    /// The packed start ([`start`]) of the syscall in progress, 0 outside one.
+    pub call: u64,
+    /// State of the sampling generator (an LCG; only its high bits are used).
+    pub rng: u32,
+    pub _pad: u32,
 }
 
 /// Service id 0 means "not selected"; real ids start at 1.
@@ -192,6 +233,14 @@ pub mod hist {
 pub mod start {
     pub const NR_BITS: u32 = 16;
     pub const NR_MASK: u64 = (1 << NR_BITS) - 1;
+    /// The start time of a call that is counted but not timed (no clock read).
+    pub const UNTIMED: u64 = 1;
+
+    /// The start time of a packed start: [`UNTIMED`] or a `bpf_ktime_get_ns` reading.
+    #[inline(always)]
+    pub fn time(packed: u64) -> u64 {
+        packed >> NR_BITS
+    }
 
     #[inline(always)]
     pub fn pack(now_ns: u64, nr: u64) -> u64 {
@@ -214,12 +263,12 @@ pub struct SyscallKey {
     pub nr: u32,
 }
 
-/// Value of [`maps::SYSCALL_STATS`]: cumulative since load. Userspace diffs successive reads.
+/// Value of [`maps::SYSCALL_STATS`]: the timed calls (all of them, or a random sample; see
+/// [`globals::SYSCALL_SAMPLE_MASK`]), cumulative since load. Userspace diffs successive reads.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct SyscallStats {
-    pub count: u64,
-    pub errors: u64,
+    pub timed: u64,
     pub total_ns: u64,
     pub max_ns: u64,
     pub buckets: [u64; hist::BUCKETS],
@@ -274,10 +323,13 @@ pub enum Counter {
     ProcessesSelected = 15,
     /// Processes the kernel took out of a service (exit).
     ProcessesReleased = 16,
+    /// A syscall not counted: its number is beyond [`SYSCALL_NR_SLOTS`] or its service beyond
+    /// the rows `SYSCALL_CALLS` was sized for.
+    DropSyscallOutsideTable = 17,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::DropSyscallStatsFull,
         Counter::DropErrnoFull,
@@ -296,6 +348,7 @@ impl Counter {
         Counter::DropDiskStatsFull,
         Counter::ProcessesSelected,
         Counter::ProcessesReleased,
+        Counter::DropSyscallOutsideTable,
     ];
 }
 
@@ -517,4 +570,6 @@ mod pod {
     unsafe impl aya::Pod for super::DiskKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::DiskStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OnCpu {}
 }

@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    selection::{count, offsets, read_field, service_of},
+    selection::{ON_CPU, count, offsets, read_field, selection_generation, service_of},
     syscalls::SYSCALL_START,
 };
 
@@ -210,20 +210,76 @@ fn try_switch(ctx: &RawTracePointContext) -> Result<(), ()> {
     let now = now_ns();
     let id = bpf_get_current_pid_tgid();
     let tid = id as u32;
+    let state: u64 = ctx.arg(3);
+    park_call(tid, state);
     let service = service_of((id >> 32) as u32);
     if service != NO_SERVICE && tid != 0 {
         let preempt: u64 = ctx.arg(0);
-        let state: u64 = ctx.arg(3);
         switch_out(tid, u32::from(service), preempt & 0xff != 0, state, now);
     }
     let next: *const u8 = ctx.arg(2);
-    let next_tid: u32 = read_field(next, offsets().task_pid)?;
+    // pid and tgid are adjacent in task_struct (the loader checks): one read for both.
+    let [next_tid, next_tgid]: [u32; 2] = read_field(next, offsets().task_pid)?;
+    restore_call(next_tid, next_tgid);
     if next_tid != 0
         && let Some(t) = THREADS.get_ptr_mut(next_tid)
     {
         switch_in(t, now);
     }
     Ok(())
+}
+
+/// The outgoing task's syscall in flight moves from this CPU's `ON_CPU` to its own slot, where
+/// the off-CPU reason reads it and where it waits for the task to run again (on any CPU).
+#[inline(always)]
+fn park_call(tid: u32, state: u64) {
+    let Some(c) = ON_CPU.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's element.
+    let call = unsafe { core::mem::replace(&mut (*c).call, 0) };
+    // A dying task never returns from its call: nothing to park.
+    if call != 0
+        && state & TASK_DEAD == 0
+        // SAFETY: as above.
+        && unsafe { (*c).tid } == tid
+        && let Some(slot) = SYSCALL_START.get_ptr_mut(tid)
+    {
+        // SAFETY: the outgoing thread's element; it is not running anywhere now.
+        unsafe { *slot = call };
+    }
+}
+
+/// The incoming task becomes this CPU's `ON_CPU`, with its selection and any call it was in.
+#[inline(always)]
+fn restore_call(tid: u32, tgid: u32) {
+    let Some(c) = ON_CPU.get_ptr_mut(0) else {
+        return;
+    };
+    // The generation first: a selection change after this read bumps it again.
+    let generation = selection_generation();
+    let service = if tid == 0 {
+        NO_SERVICE
+    } else {
+        service_of(tgid)
+    };
+    let mut call = 0;
+    if let Some(slot) = SYSCALL_START.get_ptr_mut(tid) {
+        // SAFETY: the incoming thread's element; it is not running anywhere else.
+        unsafe {
+            call = *slot;
+            if call != 0 {
+                *slot = 0;
+            }
+        }
+    }
+    // SAFETY: this CPU's element.
+    unsafe {
+        (*c).tid = tid;
+        (*c).service = u32::from(service);
+        (*c).generation = generation;
+        (*c).call = call;
+    }
 }
 
 #[inline(always)]

@@ -2,11 +2,12 @@
 //!
 //! Selection happens here, in the kernel: every hot-path program starts with [`service_of`], an
 //! array lookup that the verifier inlines into a bounds check and a load, so a process that is
-//! not selected costs almost nothing.
+//! not selected costs almost nothing. The syscall probes go further: [`on_cpu`] reads the
+//! selection `sched_switch` cached for the running task, which needs no helper call at all.
 
-use agent_ebpf::{Counter, NO_SERVICE, Offsets};
+use agent_ebpf::{Counter, NO_SERVICE, OnCpu, Offsets};
 use aya_ebpf::{
-    helpers::bpf_probe_read_kernel,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::map,
     maps::{Array, PerCpuArray},
 };
@@ -16,6 +17,17 @@ use aya_ebpf::{
 /// 8 MiB for 4194304). Resized at load from `kernel.pid_max`; 1 is a placeholder.
 #[map(name = "PID_SERVICE")]
 pub static PID_SERVICE: Array<[u16; 4]> = Array::with_max_entries(1, 0);
+
+/// The running task per CPU: written by `sched_switch` at every switch, read by the syscall
+/// probes. Per-CPU, so nothing on the syscall path is shared.
+#[map(name = "ON_CPU")]
+pub static ON_CPU: PerCpuArray<OnCpu> = PerCpuArray::with_max_entries(1, 0);
+
+/// `[0]`: bumped after every change to `PID_SERVICE` (by the agent and by [`set_service`]); an
+/// [`OnCpu`] read at an older generation is re-read. Starts at 1 (set by the agent), so the
+/// zeroed `ON_CPU` of a CPU whose task has not switched since attach is re-read at once.
+#[map(name = "SELECTION_GEN")]
+pub static SELECTION_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Drop and event counters, indexed by [`Counter`]. Per-CPU so the hot path never shares a line.
 #[map(name = "COUNTERS")]
@@ -80,6 +92,33 @@ pub fn service_of(tgid: u32) -> u16 {
     }
 }
 
+#[inline(always)]
+pub fn selection_generation() -> u64 {
+    SELECTION_GEN.get(0).map_or(0, |g| {
+        // SAFETY: a live element; volatile so the load is not merged with the selection read
+        // that must come after it.
+        unsafe { core::ptr::read_volatile(g) }
+    })
+}
+
+/// This CPU's running task and its service, re-read (one helper call) when the selection
+/// changed since `sched_switch` cached it.
+#[inline(always)]
+pub fn on_cpu() -> Option<*mut OnCpu> {
+    let c = ON_CPU.get_ptr_mut(0)?;
+    let generation = selection_generation();
+    // SAFETY: this CPU's element; the program runs with migration disabled.
+    unsafe {
+        if (*c).generation != generation {
+            let id = bpf_get_current_pid_tgid();
+            (*c).tid = id as u32;
+            (*c).service = u32::from(service_of((id >> 32) as u32));
+            (*c).generation = generation;
+        }
+    }
+    Some(c)
+}
+
 /// Sets the service of a tgid. A 2-byte store: it cannot clobber the neighbouring pids that share
 /// the element, even when another CPU writes one of them at the same time.
 #[inline(always)]
@@ -93,6 +132,14 @@ pub fn set_service(tgid: u32, service: u16) {
     let old = unsafe { (*group)[slot] };
     // SAFETY: as above.
     unsafe { (*group)[slot] = service };
+    if old != service
+        && let Some(g) = SELECTION_GEN.get_ptr_mut(0)
+    {
+        // SAFETY: a live element. Not atomic: two CPUs bumping at once may lose one increment,
+        // but each writer read the value after its own selection change, so the result still
+        // differs from anything a CPU cached before either change — all a reader relies on.
+        unsafe { core::ptr::write_volatile(g, core::ptr::read_volatile(g).wrapping_add(1)) };
+    }
     // Occupancy bookkeeping: the agent reports tracked processes from these two counters.
     if old == NO_SERVICE && service != NO_SERVICE {
         count(Counter::ProcessesSelected);

@@ -158,6 +158,8 @@ pub fn run(btf_path: &Path) -> Report {
             report_all_execs: false,
             report_listens: false,
             max_threads: 1024,
+            max_services: 16,
+            syscall_sample: 8,
         }) {
             Ok(probes) => {
                 for (group, status) in &probes.status {

@@ -396,6 +396,7 @@ fn delta(now: &syscalls::Totals, before: Option<&syscalls::Totals>) -> Option<sy
     Some(syscalls::Totals {
         count,
         errors: now.errors.saturating_sub(before.errors),
+        timed: now.timed.saturating_sub(before.timed),
         total_ns: now.total_ns.saturating_sub(before.total_ns),
         max_ns: now.max_ns,
         buckets: now
@@ -423,12 +424,20 @@ fn syscall_profile(
             .min(delta.max_ns)
     };
     let q = |q| histogram::quantile(&delta.buckets, q, max_ns).unwrap_or(0);
+    // Time in the call: measured when every call was timed, else the count times the timed
+    // calls' mean.
+    let total_ns = if delta.timed >= delta.count || delta.timed == 0 {
+        delta.total_ns
+    } else {
+        (delta.total_ns as u128 * u128::from(delta.count) / u128::from(delta.timed)) as u64
+    };
     SyscallProfile {
         name: syscall_name(nr),
         nr,
         count: delta.count,
         errors: delta.errors,
-        total_ns: delta.total_ns,
+        timed: delta.timed,
+        total_ns,
         p50_ns: q(0.50),
         p90_ns: q(0.90),
         p99_ns: q(0.99),

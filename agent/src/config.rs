@@ -28,6 +28,11 @@ pub struct Config {
     /// Most threads of selected services tracked by the scheduler probes at once; more are
     /// counted in `dropped.threads_map_full`.
     pub max_threads: u32,
+    /// Time one syscall in this many for the latency histograms (a power of two; 1 times every
+    /// call). Counts and errors are exact either way. Default 8: a clock read costs about a
+    /// third of what the probes cost per call (BENCHMARKS.md), so timing every call would
+    /// double the per-syscall overhead.
+    pub syscall_sample: u32,
     /// Kernel BTF to read struct offsets from.
     pub btf_path: PathBuf,
     pub discovery: Discovery,
@@ -236,6 +241,7 @@ impl Default for Config {
             data_dir: PathBuf::from("/var/lib/crmprof"),
             max_services: 256,
             max_threads: 16384,
+            syscall_sample: 8,
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
             discovery: Discovery::default(),
             services: Vec::new(),
@@ -324,6 +330,15 @@ impl Config {
                 format!(
                     "max_threads {} is below the minimum of 64",
                     config.max_threads
+                ),
+            ));
+        }
+        if !config.syscall_sample.is_power_of_two() || config.syscall_sample > 1024 {
+            return Err(invalid(
+                key_line("syscall_sample"),
+                format!(
+                    "syscall_sample {} is not a power of two in 1..=1024",
+                    config.syscall_sample
                 ),
             ));
         }
@@ -617,6 +632,7 @@ mod tests {
             data_dir: _,
             max_services: _,
             max_threads: _,
+            syscall_sample: _,
             btf_path: _,
             discovery:
                 Discovery {
@@ -649,6 +665,7 @@ mod tests {
                 "data_dir",
                 "max_services",
                 "max_threads",
+                "syscall_sample",
                 "btf_path",
                 "auto",
                 "kernel_threads",
@@ -671,6 +688,9 @@ mod tests {
         assert!(parse("interval = \"banana\"").is_err());
         assert!(error("interval = \"10ms\"").starts_with("test.toml:1:"));
         assert!(parse("max_services = 0").is_err());
+        assert!(parse("syscall_sample = 3").is_err());
+        assert!(parse("syscall_sample = 0").is_err());
+        assert_eq!(parse("syscall_sample = 1").map(|c| c.syscall_sample).ok(), Some(1));
         assert!(parse("max_services = \"many\"").is_err());
         assert!(error("x = = 1").starts_with("test.toml:1:"));
     }

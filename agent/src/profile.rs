@@ -195,6 +195,10 @@ pub struct SyscallProfile {
     pub nr: u32,
     pub count: u64,
     pub errors: u64,
+    /// Calls whose latency was measured (every call, or a random one in `syscall_sample`):
+    /// the percentiles, `max_ns` and `buckets` are theirs.
+    pub timed: u64,
+    /// Time in the call: measured, or `count` × the timed calls' mean when sampling.
     pub total_ns: u64,
     pub p50_ns: u64,
     pub p90_ns: u64,

@@ -57,6 +57,8 @@ pub fn start(opts: &Options) -> anyhow::Result<Collector> {
         report_all_execs: registry.wants_all_execs(),
         report_listens: registry.wants_listens(),
         max_threads: opts.config.max_threads,
+        max_services: opts.config.max_services as u32,
+        syscall_sample: opts.config.syscall_sample,
     })?;
     for (group, status) in &probes.status {
         if let Some(error) = &status.error {

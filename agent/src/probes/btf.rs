@@ -59,11 +59,16 @@ pub fn missing_fields(o: &Offsets, group: &str) -> Vec<&'static str> {
         ],
         _ => &[],
     };
-    fields
+    let mut missing: Vec<&'static str> = fields
         .iter()
         .filter(|(_, off)| *off == MISSING)
         .map(|(name, _)| *name)
-        .collect()
+        .collect();
+    // sched_switch reads the incoming task's pid and tgid in one go.
+    if group == "sched" && o.task_tgid != o.task_pid.wrapping_add(4) {
+        missing.push("task_struct.tgid right after task_struct.pid");
+    }
+    missing
 }
 
 /// Byte offset of `field` in `struct ty`, looking through anonymous struct and union members

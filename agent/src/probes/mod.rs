@@ -32,10 +32,13 @@ pub struct Group {
     pub what: &'static str,
     /// (program name, raw tracepoint name)
     pub programs: &'static [(&'static str, &'static str)],
+    /// Programs to attach instead when the group named first is not attached.
+    pub without: Option<(&'static str, &'static [(&'static str, &'static str)])>,
 }
 
 /// All groups, in attach order: process tracking first, so selection is live before any
-/// measuring program runs.
+/// measuring program runs; the scheduler before the syscalls, whose fast programs read the
+/// running task that `sched_switch` keeps.
 pub const GROUPS: &[Group] = &[
     Group {
         name: "process",
@@ -45,14 +48,7 @@ pub const GROUPS: &[Group] = &[
             (programs::PROCESS_EXEC, "sched_process_exec"),
             (programs::PROCESS_EXIT, "sched_process_exit"),
         ],
-    },
-    Group {
-        name: "syscalls",
-        what: "syscall latency histograms and errors per service",
-        programs: &[
-            (programs::SYS_ENTER, "sys_enter"),
-            (programs::SYS_EXIT, "sys_exit"),
-        ],
+        without: None,
     },
     Group {
         name: "sched",
@@ -62,6 +58,22 @@ pub const GROUPS: &[Group] = &[
             (programs::SCHED_WAKEUP, "sched_wakeup"),
             (programs::SCHED_WAKEUP_NEW, "sched_wakeup_new"),
         ],
+        without: None,
+    },
+    Group {
+        name: "syscalls",
+        what: "syscall latency histograms and errors per service",
+        programs: &[
+            (programs::SYS_ENTER, "sys_enter"),
+            (programs::SYS_EXIT, "sys_exit"),
+        ],
+        without: Some((
+            "sched",
+            &[
+                (programs::SYS_ENTER_ALONE, "sys_enter"),
+                (programs::SYS_EXIT_ALONE, "sys_exit"),
+            ],
+        )),
     },
     Group {
         name: "net",
@@ -72,6 +84,7 @@ pub const GROUPS: &[Group] = &[
             (programs::SOCK_STATE, "inet_sock_set_state"),
             (programs::TCP_RETRANSMIT, "tcp_retransmit_skb"),
         ],
+        without: None,
     },
     Group {
         name: "disk",
@@ -81,6 +94,7 @@ pub const GROUPS: &[Group] = &[
             (programs::RQ_ISSUE, "block_rq_issue"),
             (programs::RQ_COMPLETE, "block_rq_complete"),
         ],
+        without: None,
     },
 ];
 
@@ -106,6 +120,10 @@ pub struct LoadOptions<'a> {
     pub report_listens: bool,
     /// Size of the THREADS map: selected threads tracked by the scheduler probes.
     pub max_threads: u32,
+    /// Service ids the syscall counts have room for (ids are 1..=max_services).
+    pub max_services: u32,
+    /// Time one syscall in this many (a power of two).
+    pub syscall_sample: u32,
 }
 
 /// The loaded programs and their maps.
@@ -115,6 +133,10 @@ pub struct Probes {
     pid_max: u32,
     /// Processes the agent itself put into services, minus those it took out.
     selected_by_agent: i64,
+    /// The syscall counts, mapped into the agent.
+    calls: Option<syscalls::CallCounts>,
+    /// The highest service id the agent handed to the kernel (rules and selections).
+    max_service: u16,
 }
 
 impl Probes {
@@ -128,6 +150,11 @@ impl Probes {
         let report_all_execs = u32::from(opts.report_all_execs);
         let report_listens = u32::from(opts.report_listens);
         let ephemeral_min = read_ephemeral_port_min();
+        let sample_mask = opts.syscall_sample.max(1).next_power_of_two() - 1;
+        let rows = opts.max_services + 1;
+        let cpus = aya::util::nr_cpus().map_err(|(path, e)| {
+            ProbeError::Load(format!("reading the possible CPUs from {path}: {e}"))
+        })? as u32;
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::OFFSETS, &offsets, true)
             .override_global(globals::AGENT_TGID, &agent_tgid, true)
@@ -135,6 +162,12 @@ impl Probes {
             .override_global(globals::LOCK_IDLE_NS, &sched::LOCK_IDLE_NS, true)
             .override_global(globals::REPORT_ALL_EXECS, &report_all_execs, true)
             .override_global(globals::REPORT_LISTENS, &report_listens, true)
+            .override_global(globals::SYSCALL_SAMPLE_MASK, &sample_mask, true)
+            .override_global(globals::SYSCALL_ROWS, &rows, true)
+            .map_max_entries(
+                maps::SYSCALL_CALLS,
+                cpus * rows * agent_ebpf::SYSCALL_NR_SLOTS,
+            )
             .map_max_entries(maps::THREADS, opts.max_threads)
             // One element per four tgids, one start slot per tid: see the map comments.
             .map_max_entries(maps::PID_SERVICE, pid_max.div_ceil(4))
@@ -143,21 +176,40 @@ impl Probes {
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
 
         sched::fill_syscall_classes(&mut ebpf)?;
-        let mut status = BTreeMap::new();
+        // Generation 1: every CPU's zeroed ON_CPU (generation 0) is stale, so the first
+        // syscall on each CPU reads its selection.
+        bump_generation(&mut ebpf)?;
+        let calls = match ebpf.map(maps::SYSCALL_CALLS) {
+            Some(aya::maps::Map::Array(data)) => syscalls::CallCounts::map(data, cpus, rows),
+            _ => Err(ProbeError::Map {
+                name: maps::SYSCALL_CALLS,
+                reason: "not an array in the object".into(),
+            }),
+        };
+        let mut status: BTreeMap<&'static str, GroupStatus> = BTreeMap::new();
         for group in GROUPS {
+            if group.name == "syscalls"
+                && let Err(e) = &calls
+            {
+                status.insert(group.name, failed(format!("counting calls needs {e}")));
+                continue;
+            }
             let missing = btf::missing_fields(&offsets, group.name);
-            let result = if missing.is_empty() {
-                attach_group(&mut ebpf, group)
-            } else {
-                GroupStatus {
-                    status: "failed",
-                    attach_points: Vec::new(),
-                    error: Some(format!(
-                        "this kernel's BTF lacks {}; the group is not attached",
-                        missing.join(", ")
-                    )),
-                    verifier_log: None,
+            let programs = match group.without {
+                Some((needed, alone))
+                    if status.get(needed).is_none_or(|s| s.status != "attached") =>
+                {
+                    alone
                 }
+                _ => group.programs,
+            };
+            let result = if missing.is_empty() {
+                attach_group(&mut ebpf, programs)
+            } else {
+                failed(format!(
+                    "this kernel's BTF lacks {}; the group is not attached",
+                    missing.join(", ")
+                ))
             };
             status.insert(group.name, result);
         }
@@ -174,11 +226,22 @@ impl Probes {
             status,
             pid_max,
             selected_by_agent: 0,
+            calls: calls.ok(),
+            max_service: 0,
         })
     }
 
     pub fn pid_max(&self) -> u32 {
         self.pid_max
+    }
+
+    pub(crate) fn call_counts(&self) -> Option<&syscalls::CallCounts> {
+        self.calls.as_ref()
+    }
+
+    /// Service ids the kernel may use are 1..=this (the kernel only copies ids it was given).
+    pub(crate) fn max_service(&self) -> u16 {
+        self.max_service
     }
 
     pub fn attached(&self, group: &str) -> bool {
@@ -202,6 +265,7 @@ impl Probes {
             reason: e.to_string(),
         };
         let mut group = map.get(&index, 0).map_err(write_err)?;
+        self.max_service = self.max_service.max(service);
         let old = group[(tgid % 4) as usize];
         group[(tgid % 4) as usize] = service;
         if old == 0 && service != 0 {
@@ -211,7 +275,9 @@ impl Probes {
         }
         // A whole-element write: it can race with the kernel setting a neighbour pid at fork.
         // The agent re-reads selection after start-up (see discovery) to repair such a race.
-        map.set(index, group, 0).map_err(write_err)
+        map.set(index, group, 0).map_err(write_err)?;
+        // Then the generation, so CPUs that cached the old selection re-read it.
+        bump_generation(&mut self.ebpf)
     }
 
     /// The service the kernel currently has for a tgid.
@@ -241,6 +307,7 @@ impl Probes {
         let bytes = comm.as_bytes();
         let n = bytes.len().min(COMM_LEN - 1);
         key[..n].copy_from_slice(&bytes[..n]);
+        self.max_service = self.max_service.max(service);
         let mut map: HashMap<&mut MapData, [u8; COMM_LEN], u32> =
             map_mut(&mut self.ebpf, maps::COMM_RULES)?;
         map.insert(key, u32::from(service), 0)
@@ -344,6 +411,7 @@ pub fn counter_name(counter: Counter) -> &'static str {
         Counter::DropBlockTrackFull => "block_tracking_map_full",
         Counter::DropDiskStatsFull => "disk_stats_map_full",
         Counter::ProcessesSelected => "processes_selected",
+        Counter::DropSyscallOutsideTable => "syscall_outside_table",
         Counter::ProcessesReleased => "processes_released",
     }
 }
@@ -359,9 +427,18 @@ pub fn is_loss(counter: Counter) -> bool {
     )
 }
 
-fn attach_group(ebpf: &mut Ebpf, group: &Group) -> GroupStatus {
+fn failed(error: String) -> GroupStatus {
+    GroupStatus {
+        status: "failed",
+        attach_points: Vec::new(),
+        error: Some(error),
+        verifier_log: None,
+    }
+}
+
+fn attach_group(ebpf: &mut Ebpf, programs: &[(&'static str, &'static str)]) -> GroupStatus {
     let mut attached = Vec::new();
-    for &(program, tracepoint) in group.programs {
+    for &(program, tracepoint) in programs {
         if let Err(e) = attach_one(ebpf, program, tracepoint) {
             let verifier_log = match &e {
                 AttachError::Program(ProgramError::LoadError { verifier_log, .. }) => {
@@ -402,6 +479,18 @@ fn attach_one(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), At
     prog.load()?;
     prog.attach(tracepoint)?;
     Ok(())
+}
+
+/// Bumps `SELECTION_GEN`. Not atomic with the kernel's own bumps, but a lost increment still
+/// leaves a value no CPU cached before this change, which is all that matters.
+fn bump_generation(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
+    let mut map: Array<&mut MapData, u64> = map_mut(ebpf, maps::SELECTION_GEN)?;
+    let current = map.get(&0, 0).unwrap_or(0);
+    map.set(0, current.wrapping_add(1), 0)
+        .map_err(|e| ProbeError::MapWrite {
+            name: maps::SELECTION_GEN,
+            reason: e.to_string(),
+        })
 }
 
 pub(crate) fn map_ref<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, ProbeError>

@@ -1,8 +1,12 @@
-//! Reading the syscall group's maps: cumulative per-(service, syscall) stats summed over CPUs.
+//! Reading the syscall group's maps: per (service, syscall) the exact call count (a shared
+//! mapping of `SYSCALL_CALLS`, no syscall per entry), errors by errno, and the latency of the
+//! timed calls, each summed over CPUs and cumulative since load.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, os::fd::AsFd as _, ptr::NonNull};
 
-use agent_ebpf::{ErrnoKey, SyscallKey, SyscallStats, hist, maps};
+use agent_ebpf::{
+    ErrnoKey, SYSCALL_NR_SLOTS, SyscallKey, SyscallStats, hist, maps, syscall_calls_index,
+};
 use aya::maps::{MapData, PerCpuHashMap};
 
 use super::{Probes, map_ref};
@@ -11,8 +15,12 @@ use crate::error::ProbeError;
 /// One (service, syscall) pair's counters, summed over CPUs, cumulative since load.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Totals {
+    /// Every call.
     pub count: u64,
+    /// Calls that returned an errno.
     pub errors: u64,
+    /// Calls that were timed (all, or a sample): the latency figures below are theirs.
+    pub timed: u64,
     pub total_ns: u64,
     pub max_ns: u64,
     pub buckets: Vec<u64>,
@@ -23,6 +31,7 @@ impl Default for Totals {
         Self {
             count: 0,
             errors: 0,
+            timed: 0,
             total_ns: 0,
             max_ns: 0,
             buckets: vec![0; hist::BUCKETS],
@@ -37,7 +46,77 @@ pub struct Snapshot {
     pub errors: HashMap<ErrnoKey, u64>,
 }
 
-/// Reads both maps once. Cost: one syscall per entry, entries = (service, syscall) pairs seen.
+/// `SYSCALL_CALLS` mapped read-only into the agent: `cpus` blocks of `rows` service rows.
+pub struct CallCounts {
+    base: NonNull<u64>,
+    len: usize,
+    cpus: u32,
+    rows: u32,
+}
+
+// SAFETY: the mapping is read-only shared memory owned by this value; reads are plain loads.
+unsafe impl Send for CallCounts {}
+// SAFETY: as above; nothing writes through the mapping.
+unsafe impl Sync for CallCounts {}
+
+impl CallCounts {
+    pub fn map(map: &MapData, cpus: u32, rows: u32) -> Result<Self, ProbeError> {
+        let len = cpus as usize * rows as usize * SYSCALL_NR_SLOTS as usize * 8;
+        // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE, of exactly `len` bytes,
+        // read-only and shared; the kernel keeps the pages alive while mapped.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(ProbeError::Map {
+                name: maps::SYSCALL_CALLS,
+                reason: format!("mmap: {}", std::io::Error::last_os_error()),
+            });
+        }
+        let base = NonNull::new(ptr.cast::<u64>()).ok_or(ProbeError::Map {
+            name: maps::SYSCALL_CALLS,
+            reason: "mmap returned null".into(),
+        })?;
+        Ok(Self {
+            base,
+            len,
+            cpus,
+            rows,
+        })
+    }
+
+    /// Calls of `service` (summed over CPUs) for every syscall number with any.
+    fn service(&self, service: u32) -> impl Iterator<Item = (u32, u64)> + '_ {
+        (0..SYSCALL_NR_SLOTS).filter_map(move |nr| {
+            let total: u64 = (0..self.cpus)
+                .map(|cpu| {
+                    let i = syscall_calls_index(cpu, self.rows, service, nr) as usize;
+                    // SAFETY: `i` is inside the mapping (service < rows, cpu < cpus); the
+                    // kernel writes aligned u64s, so a volatile load sees a whole value.
+                    unsafe { self.base.as_ptr().add(i).read_volatile() }
+                })
+                .sum();
+            (total > 0).then_some((nr, total))
+        })
+    }
+}
+
+impl Drop for CallCounts {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `map` mapped.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Reads the counts of services 1..=`max_service` and both hash maps. Cost: one syscall per
+/// hash entry (pairs with timed calls or errors); counts are plain memory reads.
 pub fn read(probes: &Probes) -> Result<Snapshot, ProbeError> {
     let read_err = |name| {
         move |e: aya::maps::MapError| ProbeError::MapRead {
@@ -46,27 +125,38 @@ pub fn read(probes: &Probes) -> Result<Snapshot, ProbeError> {
         }
     };
     let mut snapshot = Snapshot::default();
+    if let Some(calls) = probes.call_counts() {
+        for service in 1..=u32::from(probes.max_service()).min(calls.rows - 1) {
+            for (nr, count) in calls.service(service) {
+                snapshot.stats.entry(SyscallKey { service, nr }).or_default().count = count;
+            }
+        }
+    }
     let stats: PerCpuHashMap<&MapData, SyscallKey, SyscallStats> =
         map_ref(probes.ebpf(), maps::SYSCALL_STATS)?;
     for entry in stats.iter() {
         let (key, per_cpu) = entry.map_err(read_err(maps::SYSCALL_STATS))?;
-        let mut totals = Totals::default();
+        let totals = snapshot.stats.entry(key).or_default();
         for cpu in per_cpu.iter() {
-            totals.count += cpu.count;
-            totals.errors += cpu.errors;
+            totals.timed += cpu.timed;
             totals.total_ns += cpu.total_ns;
             totals.max_ns = totals.max_ns.max(cpu.max_ns);
             for (sum, n) in totals.buckets.iter_mut().zip(cpu.buckets.iter()) {
                 *sum += n;
             }
         }
-        snapshot.stats.insert(key, totals);
     }
     let errors: PerCpuHashMap<&MapData, ErrnoKey, u64> =
         map_ref(probes.ebpf(), maps::SYSCALL_ERRORS)?;
     for entry in errors.iter() {
         let (key, per_cpu) = entry.map_err(read_err(maps::SYSCALL_ERRORS))?;
-        snapshot.errors.insert(key, per_cpu.iter().sum());
+        let n: u64 = per_cpu.iter().sum();
+        snapshot.errors.insert(key, n);
+        let pair = SyscallKey {
+            service: key.service,
+            nr: key.nr,
+        };
+        snapshot.stats.entry(pair).or_default().errors += n;
     }
     Ok(snapshot)
 }
