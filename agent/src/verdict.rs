@@ -912,6 +912,7 @@ mod tests {
             nr: 257,
             count,
             errors: failed,
+            timed: count,
             total_ns: 0,
             p50_ns: 0,
             p90_ns: 0,

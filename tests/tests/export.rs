@@ -37,11 +37,25 @@ fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
         .and_then(s)
 }
 
-/// Sum over all windows of one syscall of one service: (count, total_ns, upper bound → count).
-fn truth(docs: &[Value], service: &str, syscall: &str) -> (u64, u64, BTreeMap<u64, u64>) {
-    let mut count = 0;
-    let mut total = 0;
-    let mut buckets = BTreeMap::new();
+/// One syscall of one service, summed over all windows.
+struct Truth {
+    /// Every call.
+    count: u64,
+    /// The timed calls (a random one in `syscall_sample`) and their summed latency: what the
+    /// latency histogram holds.
+    timed: u64,
+    timed_ns: u64,
+    /// Upper bound → timed calls.
+    buckets: BTreeMap<u64, u64>,
+}
+
+fn truth(docs: &[Value], service: &str, syscall: &str) -> Truth {
+    let mut t = Truth {
+        count: 0,
+        timed: 0,
+        timed_ns: 0,
+        buckets: BTreeMap::new(),
+    };
     for doc in docs {
         let Some(svc) = integration_tests::service(doc, service) else {
             continue;
@@ -49,13 +63,22 @@ fn truth(docs: &[Value], service: &str, syscall: &str) -> (u64, u64, BTreeMap<u6
         let Some(sc) = integration_tests::syscall(svc, syscall) else {
             continue;
         };
-        count += sc["count"].as_u64().expect("count");
-        total += sc["total_ns"].as_u64().expect("total_ns");
+        let n = |k: &str| u128::from(sc[k].as_u64().unwrap_or_else(|| panic!("{k}: {sc}")));
+        t.count += n("count") as u64;
+        t.timed += n("timed") as u64;
+        // total_ns is scaled up from the timed calls; the histogram's sum is theirs.
+        t.timed_ns += (n("total_ns") * n("timed") / n("count")) as u64;
         for b in sc["buckets"].as_array().expect("buckets") {
-            *buckets.entry(b[0].as_u64().expect("bound")).or_default() += b[1].as_u64().expect("n");
+            *t.buckets.entry(b[0].as_u64().expect("bound")).or_default() +=
+                b[1].as_u64().expect("n");
         }
     }
-    (count, total, buckets)
+    assert_eq!(
+        t.buckets.values().sum::<u64>(),
+        t.timed,
+        "the buckets hold the timed calls"
+    );
+    t
 }
 
 fn window_ids(docs: &[Value], sink: &str) -> Vec<String> {
@@ -194,8 +217,15 @@ fn prometheus_receives_remote_write_and_scrapes_metrics() {
     assert_eq!(scraped.0, 200);
     agent.interrupt_and_output();
     let docs = profiles(&data);
-    let (count, total_ns, buckets) = truth(&docs, &name, "clock_nanosleep");
+    let Truth {
+        count,
+        timed,
+        timed_ns,
+        buckets,
+    } = truth(&docs, &name, "clock_nanosleep");
     assert_eq!(count, 200, "the profiles counted every sleep");
+    // One in 8 timed (the default syscall_sample): at least 5 of 200 but for a 1-in-10^6 fluke.
+    assert!((5..=80).contains(&timed), "{timed} of 200 sleeps timed");
 
     let sel = format!("job=\"crmprof\",service=\"{name}\",syscall=\"clock_nanosleep\"");
     let value = |q: &str| {
@@ -203,13 +233,17 @@ fn prometheus_receives_remote_write_and_scrapes_metrics() {
             .unwrap_or_else(|| panic!("no single series for {q}: {:?}", prom.query(q)))
     };
     assert_eq!(
-        value(&format!("crmprof_syscall_duration_seconds_count{{{sel}}}")),
+        value(&format!("crmprof_syscall_calls_total{{{sel}}}")),
         200.0
+    );
+    assert_eq!(
+        value(&format!("crmprof_syscall_duration_seconds_count{{{sel}}}")),
+        timed as f64
     );
     let sum = value(&format!("crmprof_syscall_duration_seconds_sum{{{sel}}}"));
     assert!(
-        (sum - total_ns as f64 / 1e9).abs() < 1e-9,
-        "_sum {sum} s vs profiles {total_ns} ns"
+        (sum - timed_ns as f64 / 1e9).abs() < 1e-9,
+        "_sum {sum} s vs profiles {timed_ns} ns"
     );
     let le_series = prom.query(&format!("crmprof_syscall_duration_seconds_bucket{{{sel}}}"));
     assert_eq!(le_series.len(), 15, "14 le bounds and +Inf: {le_series:?}");
@@ -220,7 +254,7 @@ fn prometheus_receives_remote_write_and_scrapes_metrics() {
             .and_then(|v| v.parse().ok())
             .expect("a sample value");
         let want = if le == "+Inf" {
-            count
+            timed
         } else {
             cumulative_at(&buckets, le.parse().expect("numeric le"))
         };
@@ -248,7 +282,7 @@ fn prometheus_receives_remote_write_and_scrapes_metrics() {
     // the failed scrape after crmprof stopped marked the series stale).
     assert_eq!(
         value(&format!(
-            "max_over_time(crmprof_syscall_duration_seconds_count{{job=\"crmprof-scrape\",\
+            "max_over_time(crmprof_syscall_calls_total{{job=\"crmprof-scrape\",\
              service=\"{name}\",syscall=\"clock_nanosleep\"}}[5m])"
         )),
         200.0
@@ -338,6 +372,38 @@ fn exp_point<'a>(
         })
 }
 
+/// The value of a cumulative sum's point for one syscall of one service.
+fn sum_point(
+    req: &opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+    service: &str,
+    metric: &str,
+    syscall: &str,
+) -> Option<f64> {
+    use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as N;
+    req.resource_metrics
+        .iter()
+        .filter(|rm| {
+            rm.resource
+                .as_ref()
+                .is_some_and(|r| attr(&r.attributes, "service.name") == Some(service))
+        })
+        .flat_map(|rm| &rm.scope_metrics)
+        .flat_map(|sm| &sm.metrics)
+        .filter(|m| m.name == metric)
+        .find_map(|m| match &m.data {
+            Some(Data::Sum(sum)) => sum
+                .data_points
+                .iter()
+                .find(|dp| attr(&dp.attributes, "syscall") == Some(syscall))
+                .and_then(|dp| match dp.value {
+                    Some(N::AsDouble(v)) => Some(v),
+                    Some(N::AsInt(v)) => Some(v as f64),
+                    None => None,
+                }),
+            _ => None,
+        })
+}
+
 /// The OTLP export, decoded with the official types: per-service resources, an exponential
 /// histogram with exactly the profile's buckets, cumulative counts, the profile document as a
 /// log record with its batch id, the bearer token and custom header on every request.
@@ -373,7 +439,12 @@ fn otlp_export_decodes_into_metrics_and_logs() {
     agent.interrupt_and_output();
     assert!(!stderr.contains(token), "the token was logged:\n{stderr}");
     let docs = profiles(&data);
-    let (count, total_ns, buckets) = truth(&docs, &name, "clock_nanosleep");
+    let Truth {
+        count,
+        timed,
+        timed_ns,
+        buckets,
+    } = truth(&docs, &name, "clock_nanosleep");
     assert_eq!(count, 200);
 
     let metrics = receiver.accepted("/v1/metrics");
@@ -404,7 +475,7 @@ fn otlp_export_decodes_into_metrics_and_logs() {
         .collect();
     assert_eq!(ids, window_ids(&docs, "otlp_metrics"));
 
-    // Cumulative: the sleep histogram's count never decreases and ends at 200.
+    // Cumulative: the sleep histogram's count never decreases and ends at the timed calls.
     let mut last_count = 0;
     let mut start_time = None;
     for r in &metrics {
@@ -418,12 +489,17 @@ fn otlp_export_decodes_into_metrics_and_logs() {
             );
         }
     }
-    assert_eq!(last_count, 200);
+    assert_eq!(last_count, timed);
     let last = decode_metrics(&metrics.last().expect("metrics arrived").body);
     let dp = exp_point(&last, &name, "crmprof.syscall.duration", "clock_nanosleep")
         .expect("the sleep histogram");
     assert_eq!(dp.scale, 2);
-    assert_eq!(dp.sum, Some(total_ns as f64));
+    assert_eq!(dp.sum, Some(timed_ns as f64));
+    assert_eq!(
+        sum_point(&last, &name, "crmprof.syscall.calls", "clock_nanosleep"),
+        Some(200.0),
+        "every sleep counted"
+    );
     assert!(dp.time_unix_nano > dp.start_time_unix_nano);
     // Exactly the profile's buckets: OTLP bucket offset+k has upper bound 2^((offset+k+1)/4).
     let positive = dp.positive.as_ref().expect("positive buckets");

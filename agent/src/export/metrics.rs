@@ -76,8 +76,9 @@ pub struct ServiceTotals {
     last_seen_ns: u64,
     /// Processes in the service during the last window it appeared in (a gauge).
     processes: u64,
-    /// Per syscall name.
+    /// Per syscall name: latency of the timed calls, and every call.
     syscalls: BTreeMap<String, ExpHistogram>,
+    calls: BTreeMap<String, u64>,
     /// Per (syscall, errno).
     errors: BTreeMap<(String, String), u64>,
     /// Counters of the `network`, `disk`, `cpu` and `offcpu` sections, by metric and labels.
@@ -179,11 +180,19 @@ impl Totals {
 
 fn add_syscalls(totals: &mut ServiceTotals, service: &ServiceProfile) {
     for syscall in &service.syscalls {
+        // The histogram is of the timed calls; `total_ns` is scaled up to all calls.
+        let timed_ns = if syscall.count == 0 {
+            0
+        } else {
+            (u128::from(syscall.total_ns) * u128::from(syscall.timed) / u128::from(syscall.count))
+                as u64
+        };
         totals
             .syscalls
             .entry(syscall.name.clone())
             .or_default()
-            .add(&syscall.buckets, syscall.total_ns);
+            .add(&syscall.buckets, timed_ns);
+        *totals.calls.entry(syscall.name.clone()).or_default() += syscall.count;
     }
 }
 
@@ -617,7 +626,15 @@ fn syscall_families(t: &Totals) -> Vec<Family> {
         "crmprof.syscall.duration",
         "ns",
         Kind::Histogram,
-        "Time from syscall entry to exit, per service and syscall.",
+        "Time from syscall entry to exit of the timed calls (every call, or a random one in \
+         syscall_sample), per service and syscall.",
+    );
+    let mut calls = Family::new(
+        "crmprof_syscall_calls_total",
+        "crmprof.syscall.calls",
+        "{call}",
+        Kind::Counter,
+        "Syscalls made, every one counted, per service and syscall.",
     );
     let mut errors = Family::new(
         "crmprof_syscall_errors_total",
@@ -634,6 +651,13 @@ fn syscall_families(t: &Totals) -> Vec<Family> {
                 Value::Histogram(h.clone()),
             );
         }
+        for (syscall, &n) in &s.calls {
+            calls.service_point(
+                service,
+                vec![("syscall", syscall.clone())],
+                Value::Number(n as f64),
+            );
+        }
         for ((syscall, errno), &n) in &s.errors {
             errors.service_point(
                 service,
@@ -642,7 +666,7 @@ fn syscall_families(t: &Totals) -> Vec<Family> {
             );
         }
     }
-    vec![duration, errors]
+    vec![duration, calls, errors]
 }
 
 #[cfg(test)]

@@ -319,6 +319,7 @@ pub(crate) mod tests {
                     nr: 0,
                     count: calls,
                     errors,
+                    timed: calls,
                     total_ns: calls * 1_050_000,
                     p50_ns: 1_050_000,
                     p90_ns: 1_050_000,
