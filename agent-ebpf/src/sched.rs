@@ -2,21 +2,24 @@
 //! Brendan Gregg's thread-state analysis, in the kernel.
 //!
 //! sched_switch fires on every context switch of the host, so it exits early: the outgoing task
-//! is `current` (one inlined selection lookup), the incoming one costs one field read and one
-//! hash lookup of its tid in `THREADS`, which holds selected threads only.
+//! is the one `ON_CPU` names (no helper call), the incoming one costs one field read (its pid
+//! and tgid) and an inlined selection lookup; when neither is selected that is all — no clock
+//! read, no hash lookup. It also keeps `ON_CPU` for the syscall probes: who runs on this CPU,
+//! and the syscall it is in.
 
 use agent_ebpf::{
-    Counter, NO_SERVICE, PeerKey, SchedStats, ThreadState, hist, offcpu, start, syscall_class,
+    Counter, NO_SERVICE, OnCpu, PeerKey, SchedStats, ThreadState, hist, offcpu, start,
+    syscall_class,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
 
 use crate::{
-    selection::{ON_CPU, count, offsets, read_field, selection_generation, service_of},
+    selection::{count, offsets, on_cpu, read_field, selection_generation, service_of},
     syscalls::SYSCALL_START,
 };
 
@@ -207,21 +210,34 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_switch(ctx: &RawTracePointContext) -> Result<(), ()> {
-    let now = now_ns();
-    let id = bpf_get_current_pid_tgid();
-    let tid = id as u32;
+    // The outgoing task is this CPU's ON_CPU task: no helper call to learn who it is.
+    let c = on_cpu().ok_or(())?;
+    // SAFETY: this CPU's element; programs run with migration disabled.
+    let (tid, service) = unsafe { ((*c).tid, (*c).service) };
     let state: u64 = ctx.arg(3);
-    park_call(tid, state);
-    let service = service_of((id >> 32) as u32);
-    if service != NO_SERVICE && tid != 0 {
-        let preempt: u64 = ctx.arg(0);
-        switch_out(tid, u32::from(service), preempt & 0xff != 0, state, now);
-    }
+    park_call(c, tid, state);
     let next: *const u8 = ctx.arg(2);
     // pid and tgid are adjacent in task_struct (the loader checks): one read for both.
-    let [next_tid, next_tgid]: [u32; 2] = read_field(next, offsets().task_pid)?;
-    restore_call(next_tid, next_tgid);
-    if next_tid != 0
+    let Ok([next_tid, next_tgid]) = read_field::<[u32; 2]>(next, offsets().task_pid) else {
+        // Unknown incoming task: make the syscall probes look it up themselves.
+        // SAFETY: as above.
+        unsafe {
+            (*c).generation = 0;
+            (*c).call = 0;
+        }
+        return Err(());
+    };
+    let next_service = restore_call(c, next_tid, next_tgid);
+    if service == u32::from(NO_SERVICE) && next_service == NO_SERVICE {
+        // Neither side is selected: the common case on a busy host, and no clock read.
+        return Ok(());
+    }
+    let now = now_ns();
+    if service != u32::from(NO_SERVICE) && tid != 0 {
+        let preempt: u64 = ctx.arg(0);
+        switch_out(tid, service, preempt & 0xff != 0, state, now);
+    }
+    if next_service != NO_SERVICE
         && let Some(t) = THREADS.get_ptr_mut(next_tid)
     {
         switch_in(t, now);
@@ -232,17 +248,12 @@ fn try_switch(ctx: &RawTracePointContext) -> Result<(), ()> {
 /// The outgoing task's syscall in flight moves from this CPU's `ON_CPU` to its own slot, where
 /// the off-CPU reason reads it and where it waits for the task to run again (on any CPU).
 #[inline(always)]
-fn park_call(tid: u32, state: u64) {
-    let Some(c) = ON_CPU.get_ptr_mut(0) else {
-        return;
-    };
+fn park_call(c: *mut OnCpu, tid: u32, state: u64) {
     // SAFETY: this CPU's element.
     let call = unsafe { core::mem::replace(&mut (*c).call, 0) };
     // A dying task never returns from its call: nothing to park.
     if call != 0
         && state & TASK_DEAD == 0
-        // SAFETY: as above.
-        && unsafe { (*c).tid } == tid
         && let Some(slot) = SYSCALL_START.get_ptr_mut(tid)
     {
         // SAFETY: the outgoing thread's element; it is not running anywhere now.
@@ -251,11 +262,9 @@ fn park_call(tid: u32, state: u64) {
 }
 
 /// The incoming task becomes this CPU's `ON_CPU`, with its selection and any call it was in.
+/// Returns its service.
 #[inline(always)]
-fn restore_call(tid: u32, tgid: u32) {
-    let Some(c) = ON_CPU.get_ptr_mut(0) else {
-        return;
-    };
+fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32) -> u16 {
     // The generation first: a selection change after this read bumps it again.
     let generation = selection_generation();
     let service = if tid == 0 {
@@ -280,6 +289,7 @@ fn restore_call(tid: u32, tgid: u32) {
         (*c).generation = generation;
         (*c).call = call;
     }
+    service
 }
 
 #[inline(always)]
@@ -358,16 +368,12 @@ pub fn sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_wakeup_new(ctx: &RawTracePointContext) -> Result<(), ()> {
     let task: *const u8 = ctx.arg(0);
-    let o = offsets();
-    let tid: u32 = read_field(task, o.task_pid)?;
-    if THREADS.get_ptr_mut(tid).is_none() {
-        let tgid: u32 = read_field(task, o.task_tgid)?;
-        let service = service_of(tgid);
-        if service == NO_SERVICE {
-            return Ok(());
-        }
-        thread_of(tid, u32::from(service)).ok_or(())?;
+    let [tid, tgid]: [u32; 2] = read_field(task, offsets().task_pid)?;
+    let service = service_of(tgid);
+    if service == NO_SERVICE {
+        return Ok(());
     }
+    thread_of(tid, u32::from(service)).ok_or(())?;
     try_wakeup(ctx)
 }
 
@@ -388,7 +394,11 @@ pub fn thread_running(tid: u32, service: u16) {
 #[inline(always)]
 fn try_wakeup(ctx: &RawTracePointContext) -> Result<(), ()> {
     let task: *const u8 = ctx.arg(0);
-    let tid: u32 = read_field(task, offsets().task_pid)?;
+    // One read for pid and tgid; an unselected task costs no map lookup beyond selection.
+    let [tid, tgid]: [u32; 2] = read_field(task, offsets().task_pid)?;
+    if service_of(tgid) == NO_SERVICE {
+        return Ok(());
+    }
     let t = THREADS.get_ptr_mut(tid).ok_or(())?;
     let now = now_ns();
     end_offcpu(t, now);
