@@ -160,6 +160,7 @@ pub fn run(btf_path: &Path) -> Report {
             max_threads: 1024,
             max_services: 16,
             syscall_sample: 8,
+            disabled: &[],
         }) {
             Ok(probes) => {
                 for (group, status) in &probes.status {

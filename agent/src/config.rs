@@ -33,6 +33,10 @@ pub struct Config {
     /// third of what the probes cost per call (BENCHMARKS.md), so timing every call would
     /// double the per-syscall overhead.
     pub syscall_sample: u32,
+    /// Probe groups not to load (`process`, `sched`, `syscalls`, `net`, `disk`): each is
+    /// reported as disabled. Without `sched`, the syscall probes look the task up per call,
+    /// which costs more per syscall (docs/probes.md).
+    pub disable_groups: Vec<String>,
     /// Kernel BTF to read struct offsets from.
     pub btf_path: PathBuf,
     pub discovery: Discovery,
@@ -242,6 +246,7 @@ impl Default for Config {
             max_services: 256,
             max_threads: 16384,
             syscall_sample: 8,
+            disable_groups: Vec::new(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
             discovery: Discovery::default(),
             services: Vec::new(),
@@ -339,6 +344,20 @@ impl Config {
                 format!(
                     "syscall_sample {} is not a power of two in 1..=1024",
                     config.syscall_sample
+                ),
+            ));
+        }
+        if let Some(unknown) = config
+            .disable_groups
+            .iter()
+            .find(|g| !crate::probes::GROUPS.iter().any(|known| known.name == *g))
+        {
+            let known: Vec<&str> = crate::probes::GROUPS.iter().map(|g| g.name).collect();
+            return Err(invalid(
+                key_line("disable_groups"),
+                format!(
+                    "disable_groups: no probe group {unknown:?}; the groups are {}",
+                    known.join(", ")
                 ),
             ));
         }
@@ -633,6 +652,7 @@ mod tests {
             max_services: _,
             max_threads: _,
             syscall_sample: _,
+            disable_groups: _,
             btf_path: _,
             discovery:
                 Discovery {
@@ -666,6 +686,7 @@ mod tests {
                 "max_services",
                 "max_threads",
                 "syscall_sample",
+                "disable_groups",
                 "btf_path",
                 "auto",
                 "kernel_threads",
@@ -689,6 +710,11 @@ mod tests {
         assert!(error("interval = \"10ms\"").starts_with("test.toml:1:"));
         assert!(parse("max_services = 0").is_err());
         assert!(parse("syscall_sample = 3").is_err());
+        assert!(error("disable_groups = [\"sched\", \"gpu\"]").contains("no probe group \"gpu\""));
+        assert_eq!(
+            parse("disable_groups = [\"disk\"]").map(|c| c.disable_groups).ok(),
+            Some(vec!["disk".to_owned()])
+        );
         assert!(parse("syscall_sample = 0").is_err());
         assert_eq!(parse("syscall_sample = 1").map(|c| c.syscall_sample).ok(), Some(1));
         assert!(parse("max_services = \"many\"").is_err());

@@ -59,6 +59,7 @@ pub fn start(opts: &Options) -> anyhow::Result<Collector> {
         max_threads: opts.config.max_threads,
         max_services: opts.config.max_services as u32,
         syscall_sample: opts.config.syscall_sample,
+        disabled: &opts.config.disable_groups,
     })?;
     for (group, status) in &probes.status {
         if let Some(error) = &status.error {

@@ -170,6 +170,12 @@ impl Workload {
         let status = self.child.wait().expect("waiting for the workload");
         assert!(status.success(), "workload failed: {status}");
     }
+
+    /// Stops a workload that would run on (and reaps it).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A running `crmprof` whose stderr is watched for readiness.

@@ -101,7 +101,7 @@ pub const GROUPS: &[Group] = &[
 /// What happened to one group at load and attach.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct GroupStatus {
-    /// "attached" or "failed".
+    /// "attached", "failed" or "disabled" (by the configuration).
     pub status: &'static str,
     /// The raw tracepoints the group is attached to.
     pub attach_points: Vec<&'static str>,
@@ -124,6 +124,8 @@ pub struct LoadOptions<'a> {
     pub max_services: u32,
     /// Time one syscall in this many (a power of two).
     pub syscall_sample: u32,
+    /// Groups not to load.
+    pub disabled: &'a [String],
 }
 
 /// The loaded programs and their maps.
@@ -188,6 +190,12 @@ impl Probes {
         };
         let mut status: BTreeMap<&'static str, GroupStatus> = BTreeMap::new();
         for group in GROUPS {
+            if opts.disabled.iter().any(|d| d == group.name) {
+                let mut s = failed("disabled by disable_groups in the configuration".into());
+                s.status = "disabled";
+                status.insert(group.name, s);
+                continue;
+            }
             if group.name == "syscalls"
                 && let Err(e) = &calls
             {
