@@ -20,6 +20,9 @@ pub mod maps {
     pub const ON_CPU: &str = "ON_CPU";
     /// `Array<u64>`: bumped whenever `PID_SERVICE` changes, so cached selections are refreshed.
     pub const SELECTION_GEN: &str = "SELECTION_GEN";
+    /// `Array<u32>`: `[0]` is 1 once `sched_switch` is attached and keeps `ON_CPU`; the net
+    /// probes read the running task from there only then.
+    pub const ON_CPU_KEPT: &str = "ON_CPU_KEPT";
     /// `PerCpuHashMap<ErrnoKey, u64>`: failed calls by errno.
     pub const SYSCALL_ERRORS: &str = "SYSCALL_ERRORS";
     /// `HashMap<[u8; 16], u32>`: comm → service id, applied at exec.
@@ -42,7 +45,7 @@ pub mod maps {
     /// `Array<u64>`: index 0 is the monotonic time the current window started; intervals that
     /// straddle it are split there (the agent accounts the part before it).
     pub const WINDOW: &str = "WINDOW";
-    /// `PerCpuHashMap<u32, NetStats>`: per service id.
+    /// `PerCpuArray<NetStats>`: per service id (sized max_services + 1 at load).
     pub const NET_STATS: &str = "NET_STATS";
     /// `PerCpuHashMap<PeerKey, PeerStats>`: per (service, remote address:port).
     pub const PEER_STATS: &str = "PEER_STATS";
@@ -131,7 +134,17 @@ pub struct OnCpu {
     pub call: u64,
     /// State of the sampling generator (an LCG; only its high bits are used).
     pub rng: u32,
+    /// 1 when the running task used a socket since it switched in: `peer` and `peer_sent`
+    /// then go to its `ThreadState` when it switches out (network waits are charged there).
+    pub peer_set: u32,
+    pub peer: PeerKey,
+    pub peer_sent: u32,
     pub _pad: u32,
+    /// Bytes sent to and received from `peer` not yet added to `PEER_STATS`: they are added
+    /// when the peer changes and when the task switches out, one hash update instead of one
+    /// per socket call. (Service totals in `NET_STATS` are updated on every call.)
+    pub pending_tx: u64,
+    pub pending_rx: u64,
 }
 
 /// Service id 0 means "not selected"; real ids start at 1.
@@ -309,7 +322,7 @@ pub enum Counter {
     DropThreadsFull = 8,
     /// A service's scheduler stats could not be created: `SCHED_STATS` is full.
     DropSchedStatsFull = 9,
-    /// A service's network stats could not be created: `NET_STATS` is full.
+    /// A service's network stats could not be found: its id is beyond `NET_STATS`.
     DropNetStatsFull = 10,
     /// A peer could not be recorded: `PEER_STATS` is full (its bytes still count in totals).
     DropPeersFull = 11,

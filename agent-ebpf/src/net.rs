@@ -5,15 +5,15 @@
 //! sent, write()/read() on a socket count too, loopback and other namespaces alike. Data moved
 //! by sendfile/splice bypasses them and is not counted (documented in docs/probes.md).
 
-use agent_ebpf::{Counter, NO_SERVICE, NetStats, PeerKey, PeerStats, proc_event};
+use agent_ebpf::{Counter, NO_SERVICE, NetStats, OnCpu, PeerKey, PeerStats, proc_event};
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{map, raw_tracepoint},
-    maps::{HashMap, PerCpuHashMap},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
 
-use crate::selection::{count, offsets, read_field, service_of};
+use crate::selection::{count, offsets, on_cpu, on_cpu_kept, read_field, service_of};
 
 const NO_PREALLOC: u32 = 1;
 const AF_UNIX: u16 = 1;
@@ -30,8 +30,33 @@ const TCP_CLOSE_WAIT: u64 = 8;
 const TCP_LAST_ACK: u64 = 9;
 const TCP_LISTEN: u64 = 10;
 
+/// Per service id, sized max_services + 1 at load: an inlined lookup on every send and receive.
 #[map(name = "NET_STATS")]
-static NET_STATS: PerCpuHashMap<u32, NetStats> = PerCpuHashMap::with_max_entries(1024, NO_PREALLOC);
+static NET_STATS: PerCpuArray<NetStats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sockets this CPU resolved to a peer, direct-mapped by address ([`PEER_CACHE_SLOTS`] slots),
+/// each with the first 16 bytes of its `sock_common` (addresses, hash, ports) as a
+/// fingerprint: one read checks the cache instead of five reads and a hash lookup. A socket
+/// freed and reallocated at the same address carries a new fingerprint.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PeerCache {
+    sk: u64,
+    fingerprint: [u8; 16],
+    peer: PeerKey,
+}
+
+#[map(name = "PEER_CACHE")]
+static PEER_CACHE: PerCpuArray<PeerCache> =
+    PerCpuArray::with_max_entries(PEER_CACHE_SLOTS, 0);
+
+const PEER_CACHE_SLOTS: u32 = 256;
+
+/// A socket's cache slot: a multiplicative hash of its address (slab objects share low bits).
+#[inline(always)]
+fn cache_slot(sk: *const u8) -> u32 {
+    (((sk as u64 >> 6) as u32).wrapping_mul(0x9E37_79B1) >> 24) & (PEER_CACHE_SLOTS - 1)
+}
 
 /// 8192 (service, peer) pairs. Inbound connections are keyed by client address with port 0, so
 /// ephemeral ports do not multiply entries.
@@ -59,16 +84,11 @@ static REPORT_LISTENS: u32 = 0;
 
 #[inline(always)]
 fn net_stats(service: u32) -> Option<*mut NetStats> {
-    if let Some(s) = NET_STATS.get_ptr_mut(service) {
-        return Some(s);
-    }
-    if NET_STATS.insert(service, NetStats::default(), 1).is_err()
-        && NET_STATS.get_ptr_mut(service).is_none()
-    {
+    let stats = NET_STATS.get_ptr_mut(service);
+    if stats.is_none() {
         count(Counter::DropNetStatsFull);
-        return None;
     }
-    NET_STATS.get_ptr_mut(service)
+    stats
 }
 
 #[inline(always)]
@@ -125,9 +145,8 @@ fn peer_of(sk: *const u8, service: u32) -> Result<PeerKey, ()> {
 }
 
 #[inline(always)]
-fn current_service() -> (u32, u32) {
-    let id = bpf_get_current_pid_tgid();
-    (u32::from(service_of((id >> 32) as u32)), id as u32)
+fn current_service() -> u32 {
+    u32::from(service_of((bpf_get_current_pid_tgid() >> 32) as u32))
 }
 
 // sock:sock_send_length / sock:sock_recv_length — TP_PROTO(struct sock *sk, int ret, int flags)
@@ -147,7 +166,14 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_bytes(ctx: &RawTracePointContext, send: bool) -> Result<(), ()> {
-    let (service, tid) = current_service();
+    // Process context (sendmsg/recvmsg): the caller is this CPU's running task, which ON_CPU
+    // names when sched_switch keeps it (no helper call); otherwise ask for the pid.
+    let c = if on_cpu_kept() { on_cpu() } else { None };
+    let service = match c {
+        // SAFETY: this CPU's element; programs run with migration disabled.
+        Some(c) => unsafe { (*c).service },
+        None => current_service(),
+    };
     if service == u32::from(NO_SERVICE) {
         return Ok(());
     }
@@ -157,7 +183,7 @@ fn try_bytes(ctx: &RawTracePointContext, send: bool) -> Result<(), ()> {
     }
     let bytes = ret as u64;
     let stats = net_stats(service).ok_or(())?;
-    // SAFETY: this CPU's value of a per-CPU hash entry.
+    // SAFETY: this CPU's element of a per-CPU array.
     unsafe {
         if send {
             (*stats).tx_bytes += bytes;
@@ -166,9 +192,32 @@ fn try_bytes(ctx: &RawTracePointContext, send: bool) -> Result<(), ()> {
         }
     }
     let sk: *const u8 = ctx.arg(0);
-    let peer = peer_of(sk, service)?;
-    if let Some(p) = peer_stats(&peer) {
-        // SAFETY: as above.
+    let peer = cached_peer(sk, service)?;
+    let Some(c) = c else {
+        add_peer_bytes(&peer, send, bytes);
+        return Ok(());
+    };
+    // SAFETY: this CPU's ON_CPU element, as above.
+    unsafe {
+        if (*c).peer_set == 0 || (*c).peer != peer {
+            flush_peer_bytes(c);
+            (*c).peer = peer;
+            (*c).peer_set = 1;
+        }
+        (*c).peer_sent = u32::from(send);
+        if send {
+            (*c).pending_tx += bytes;
+        } else {
+            (*c).pending_rx += bytes;
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn add_peer_bytes(peer: &PeerKey, send: bool, bytes: u64) {
+    if let Some(p) = peer_stats(peer) {
+        // SAFETY: this CPU's value of a per-CPU hash entry.
         unsafe {
             if send {
                 (*p).tx_bytes += bytes;
@@ -177,8 +226,53 @@ fn try_bytes(ctx: &RawTracePointContext, send: bool) -> Result<(), ()> {
             }
         }
     }
-    crate::sched::set_last_peer(tid, service, &peer, send);
-    Ok(())
+}
+
+/// Adds the running task's pending peer bytes to `PEER_STATS` (at a peer change, and from
+/// sched_switch when the task leaves the CPU).
+#[inline(always)]
+pub fn flush_peer_bytes(c: *mut OnCpu) {
+    // SAFETY: this CPU's ON_CPU element.
+    let (tx, rx, peer) = unsafe { ((*c).pending_tx, (*c).pending_rx, (*c).peer) };
+    if tx == 0 && rx == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*c).pending_tx = 0;
+        (*c).pending_rx = 0;
+    }
+    if let Some(p) = peer_stats(&peer) {
+        // SAFETY: this CPU's value of a per-CPU hash entry.
+        unsafe {
+            (*p).tx_bytes += tx;
+            (*p).rx_bytes += rx;
+        }
+    }
+}
+
+/// [`peer_of`], through this CPU's one-socket cache.
+#[inline(always)]
+fn cached_peer(sk: *const u8, service: u32) -> Result<PeerKey, ()> {
+    let fingerprint: [u8; 16] = read_field(sk, offsets().skc_daddr)?;
+    let cache = PEER_CACHE.get_ptr_mut(cache_slot(sk)).ok_or(())?;
+    // SAFETY: this CPU's element.
+    unsafe {
+        if (*cache).sk == sk as u64
+            && (*cache).peer.service == service
+            && (*cache).fingerprint == fingerprint
+        {
+            return Ok((*cache).peer);
+        }
+    }
+    let peer = peer_of(sk, service)?;
+    // SAFETY: as above.
+    unsafe {
+        (*cache).sk = sk as u64;
+        (*cache).fingerprint = fingerprint;
+        (*cache).peer = peer;
+    }
+    Ok(peer)
 }
 
 /// Adds a thread's network wait to the peer it last talked to.
@@ -220,7 +314,7 @@ fn try_state(ctx: &RawTracePointContext) -> Result<(), ()> {
     match (old, new) {
         // listen() and connect() run in the owner's context.
         (_, TCP_LISTEN) | (_, TCP_SYN_SENT) => {
-            let (service, _) = current_service();
+            let service = current_service();
             // SAFETY: a read of a loader-filled global.
             let report = unsafe { core::ptr::read_volatile(&REPORT_LISTENS) } != 0;
             if new == TCP_LISTEN && report {
@@ -270,7 +364,7 @@ fn try_state(ctx: &RawTracePointContext) -> Result<(), ()> {
         | (TCP_ESTABLISHED, TCP_CLOSE)
         | (TCP_CLOSE_WAIT, TCP_CLOSE) => {
             let service = owner_of(sk).or_else(|| {
-                let (s, _) = current_service();
+                let s = current_service();
                 (s != u32::from(NO_SERVICE)).then_some(s)
             });
             if let Some(service) = service

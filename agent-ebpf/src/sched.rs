@@ -212,8 +212,17 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
 fn try_switch(ctx: &RawTracePointContext) -> Result<(), ()> {
     // The outgoing task is this CPU's ON_CPU task: no helper call to learn who it is.
     let c = on_cpu().ok_or(())?;
-    // SAFETY: this CPU's element; programs run with migration disabled.
-    let (tid, service) = unsafe { ((*c).tid, (*c).service) };
+    // Bytes the outgoing task moved, to its peer's totals, whether or not it is still selected.
+    crate::net::flush_peer_bytes(c);
+    // SAFETY: this CPU's element; programs run with migration disabled. The peer it used
+    // while on CPU, if any, is read before the incoming task replaces it.
+    let (tid, service, peer) = unsafe {
+        (
+            (*c).tid,
+            (*c).service,
+            ((*c).peer_set != 0).then(|| ((*c).peer, (*c).peer_sent)),
+        )
+    };
     let state: u64 = ctx.arg(3);
     park_call(c, tid, state);
     let next: *const u8 = ctx.arg(2);
@@ -235,7 +244,7 @@ fn try_switch(ctx: &RawTracePointContext) -> Result<(), ()> {
     let now = now_ns();
     if service != u32::from(NO_SERVICE) && tid != 0 {
         let preempt: u64 = ctx.arg(0);
-        switch_out(tid, service, preempt & 0xff != 0, state, now);
+        switch_out(tid, service, peer, preempt & 0xff != 0, state, now);
     }
     if next_service != NO_SERVICE
         && let Some(t) = THREADS.get_ptr_mut(next_tid)
@@ -288,15 +297,30 @@ fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32) -> u16 {
         (*c).service = u32::from(service);
         (*c).generation = generation;
         (*c).call = call;
+        (*c).peer_set = 0;
     }
     service
 }
 
 #[inline(always)]
-fn switch_out(tid: u32, service: u32, preempt: bool, state: u64, now: u64) {
+fn switch_out(
+    tid: u32,
+    service: u32,
+    peer: Option<(PeerKey, u32)>,
+    preempt: bool,
+    state: u64,
+    now: u64,
+) {
     let Some(t) = thread_of(tid, service) else {
         return;
     };
+    if let Some((peer, sent)) = peer {
+        // SAFETY: `t` is this thread's THREADS value.
+        unsafe {
+            (*t).peer = peer;
+            (*t).last_sent = sent;
+        }
+    }
     let Some(s) = stats_of(service) else {
         return;
     };
@@ -409,18 +433,6 @@ fn try_wakeup(ctx: &RawTracePointContext) -> Result<(), ()> {
         }
     }
     Ok(())
-}
-
-/// Remembers the peer a selected thread last used, for attributing its network waits.
-#[inline(always)]
-pub fn set_last_peer(tid: u32, service: u32, peer: &PeerKey, sent: bool) {
-    if let Some(t) = thread_of(tid, service) {
-        // SAFETY: this thread's THREADS value.
-        unsafe {
-            (*t).peer = *peer;
-            (*t).last_sent = u32::from(sent);
-        }
-    }
 }
 
 /// A selected thread is exiting (sched_process_exit, in its own context, on CPU): account its

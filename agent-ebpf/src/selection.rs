@@ -29,6 +29,16 @@ pub static ON_CPU: PerCpuArray<OnCpu> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SELECTION_GEN")]
 pub static SELECTION_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
+/// `[0]`: 1 once `sched_switch` is attached (set by the agent), so `ON_CPU` names the
+/// running task.
+#[map(name = "ON_CPU_KEPT")]
+static ON_CPU_KEPT: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn on_cpu_kept() -> bool {
+    ON_CPU_KEPT.get(0).is_some_and(|v| *v != 0)
+}
+
 /// Drop and event counters, indexed by [`Counter`]. Per-CPU so the hot path never shares a line.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);

@@ -11,6 +11,10 @@ packages=(
   postgresql
   postgresql-client
   redis-server
+  redis-tools  # redis-benchmark: cargo xtask bench
+  wrk          # load on nginx: the verdict suite and cargo xtask bench
+  bpftrace     # cargo xtask bench: the per-syscall latency histogram crmprof is compared with
+  bpftool      # cargo xtask bench: per-program run time from the kernel's BPF statistics
   prometheus   # tests/tests/export.rs: remote-write receiver and scraper (started by the tests)
   systemd      # systemd-analyze security --offline for deploy/systemd/crmprof.service
   dpkg         # dpkg-deb: cargo xtask package and its test

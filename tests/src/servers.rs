@@ -60,6 +60,18 @@ pub fn postgres_bin(tool: &str) -> PathBuf {
 
 /// nginx with `workers` worker processes answering "ok" on `/`.
 pub fn nginx(dir: &Path, workers: u32) -> Server {
+    nginx_with(dir, workers, "return 200 \"ok\\n\";")
+}
+
+/// nginx with `workers` worker processes serving `page` as `/` (a static file, by sendfile).
+pub fn nginx_serving(dir: &Path, workers: u32, page: &[u8]) -> Server {
+    let root = dir.join("www");
+    std::fs::create_dir_all(&root).expect("creating the web root");
+    std::fs::write(root.join("index.html"), page).expect("writing index.html");
+    nginx_with(dir, workers, &format!("root {};", root.display()))
+}
+
+fn nginx_with(dir: &Path, workers: u32, location: &str) -> Server {
     let port = free_port();
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -67,9 +79,10 @@ pub fn nginx(dir: &Path, workers: u32) -> Server {
         format!(
             "worker_processes {workers};\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\n\
              events {{ worker_connections 512; }}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; \
-             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n",
+             http {{ access_log off; sendfile on; client_body_temp_path {d}; \
+             proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; \
+             scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ {location} }} }} }}\n",
             d = dir.display()
         ),
     )

@@ -166,6 +166,7 @@ impl Probes {
             .override_global(globals::REPORT_LISTENS, &report_listens, true)
             .override_global(globals::SYSCALL_SAMPLE_MASK, &sample_mask, true)
             .override_global(globals::SYSCALL_ROWS, &rows, true)
+            .map_max_entries(maps::NET_STATS, rows)
             .map_max_entries(
                 maps::SYSCALL_CALLS,
                 cpus * rows * agent_ebpf::SYSCALL_NR_SLOTS,
@@ -219,6 +220,14 @@ impl Probes {
                     missing.join(", ")
                 ))
             };
+            if group.name == "sched" && result.status == "attached" {
+                // From now on ON_CPU names the running task: the net probes may use it.
+                let mut kept: Array<&mut MapData, u32> = map_mut(&mut ebpf, maps::ON_CPU_KEPT)?;
+                kept.set(0, 1, 0).map_err(|e| ProbeError::MapWrite {
+                    name: maps::ON_CPU_KEPT,
+                    reason: e.to_string(),
+                })?;
+            }
             status.insert(group.name, result);
         }
         if status.values().all(|s| s.status != "attached") {

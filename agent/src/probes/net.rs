@@ -6,7 +6,7 @@ use std::{
 };
 
 use agent_ebpf::{NetStats, PeerKey, PeerStats, maps};
-use aya::maps::{MapData, PerCpuHashMap};
+use aya::maps::{MapData, PerCpuArray, PerCpuHashMap};
 
 use super::{Probes, map_ref};
 use crate::error::ProbeError;
@@ -25,9 +25,18 @@ pub fn read(probes: &Probes) -> Result<Snapshot, ProbeError> {
         }
     };
     let mut snap = Snapshot::default();
-    let services: PerCpuHashMap<&MapData, u32, NetStats> = map_ref(probes.ebpf(), maps::NET_STATS)?;
-    for entry in services.iter() {
-        let (service, per_cpu) = entry.map_err(read_err(maps::NET_STATS))?;
+    let services: PerCpuArray<&MapData, NetStats> = map_ref(probes.ebpf(), maps::NET_STATS)?;
+    // One row per service id the kernel may use; rows of services that never used a socket
+    // stay zero and are left out.
+    for service in 1..=u32::from(probes.max_service()).min(services.len().saturating_sub(1)) {
+        let per_cpu = services
+            .get(&service, 0)
+            .map_err(read_err(maps::NET_STATS))?;
+        if per_cpu.iter().all(|c| c.tx_bytes == 0 && c.rx_bytes == 0 && c.connections_opened == 0
+            && c.connections_closed == 0 && c.connects_failed == 0 && c.retransmits == 0)
+        {
+            continue;
+        }
         let t = snap.services.entry(service).or_default();
         for c in per_cpu.iter() {
             t.tx_bytes += c.tx_bytes;

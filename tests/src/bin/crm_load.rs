@@ -1,0 +1,287 @@
+//! Throughput and tail latency of real CRM servers with and without crmprof profiling them:
+//! the realistic half of `cargo xtask bench`.
+//!
+//! usage: crm-load CRMPROF ROUNDS SECONDS
+//!
+//! Starts nginx (serving a 16 KiB page), PostgreSQL and Redis on loopback, then per round runs
+//! every load — wrk on nginx, pgbench select-only and TPC-B-like, redis-benchmark GET/SET —
+//! three ways, in an order that rotates each round: without probes, with only the empty floor
+//! programs (`crmprof bench-floor`), and with `crmprof run` (auto-discovery: every server and
+//! load generator is a profiled service). Prints one JSON line per run:
+//! `{"load":…,"config":"without|floor|crmprof","round":…,"throughput":…,"p99_ms":…}`.
+#![expect(clippy::expect_used, reason = "a bench driver: a failure is a message and exit")]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use integration_tests::servers::{self, Server};
+
+const CONFIGS: [&str; 3] = ["without", "floor", "crmprof"];
+
+struct Loads {
+    dir: PathBuf,
+    nginx: Server,
+    postgres: Server,
+    redis: Server,
+    pgbench: PathBuf,
+    seconds: u64,
+}
+
+/// One load run: requests (or transactions) per second and the 99th percentile latency.
+struct Run {
+    throughput: f64,
+    p99_ms: f64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [crmprof, rounds, seconds] = args.as_slice() else {
+        eprintln!("usage: crm-load CRMPROF ROUNDS SECONDS");
+        std::process::exit(2);
+    };
+    let crmprof = PathBuf::from(crmprof);
+    let rounds: usize = rounds.parse().expect("ROUNDS is a number");
+    let seconds: u64 = seconds.parse().expect("SECONDS is a number");
+
+    let dir = std::env::temp_dir().join(format!("crm-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating the scratch directory");
+    integration_tests::sh(&format!("chmod 755 {}", dir.display()));
+    let page: Vec<u8> = (0..16 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let loads = Loads {
+        nginx: servers::nginx_serving(&dir.join("nginx"), 2, &page),
+        postgres: servers::postgres(&dir),
+        redis: servers::redis(&dir),
+        pgbench: servers::postgres_bin("pgbench"),
+        dir: dir.clone(),
+        seconds,
+    };
+    loads.init_pgbench();
+
+    let names = ["nginx-wrk", "pgbench-select", "pgbench-tpcb", "redis-get-set"];
+    for round in 0..rounds {
+        for (i, load) in names.iter().enumerate() {
+            let mut order = CONFIGS;
+            order.rotate_left((round + i) % CONFIGS.len());
+            for config in order {
+                eprintln!("crm-load: round {}/{rounds}, {load}, {config}", round + 1);
+                let agent = start_tracer(&crmprof, config, &dir);
+                let run = loads.run(load);
+                drop(agent);
+                println!(
+                    "{{\"load\":\"{load}\",\"config\":\"{config}\",\"round\":{round},\
+                     \"throughput\":{:.1},\"p99_ms\":{:.3}}}",
+                    run.throughput, run.p99_ms
+                );
+            }
+        }
+    }
+    drop(loads);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A tracer for one run, stopped (SIGINT, then reaped) on drop.
+struct Tracer(Child);
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
+}
+
+fn start_tracer(crmprof: &Path, config: &str, dir: &Path) -> Option<Tracer> {
+    let mut cmd = Command::new(crmprof);
+    let ready = match config {
+        "floor" => {
+            cmd.arg("bench-floor");
+            "measuring the floor"
+        }
+        "crmprof" => {
+            let conf = dir.join("crmprof.toml");
+            std::fs::write(
+                &conf,
+                format!(
+                    "data_dir = \"{}\"\n[export.prometheus]\nenabled = false\n",
+                    dir.join("data").display()
+                ),
+            )
+            .expect("writing crmprof.toml");
+            cmd.args(["-v", "run", "--quiet", "--config"]).arg(&conf);
+            "measuring"
+        }
+        _ => return None,
+    };
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting crmprof");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let tracer = Tracer(child);
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) if line.contains(ready) => break,
+            Ok(_) => {}
+            Err(e) => panic!("crmprof ({config}) never became ready: {e}"),
+        }
+    }
+    // Keep draining so crmprof never blocks on a full pipe.
+    std::thread::spawn(move || while rx.recv().is_ok() {});
+    Some(tracer)
+}
+
+impl Loads {
+    fn init_pgbench(&self) {
+        let out = Command::new(&self.pgbench)
+            .args(["-i", "-q", "-s", "10", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.postgres.port.to_string(), "postgres"])
+            .output()
+            .expect("running pgbench -i");
+        assert!(
+            out.status.success(),
+            "pgbench -i: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn run(&self, load: &str) -> Run {
+        let secs = self.seconds.to_string();
+        match load {
+            "nginx-wrk" => {
+                let out = output(
+                    Command::new("wrk")
+                        .args(["-t2", "-c32", "-d", &format!("{secs}s"), "--latency"])
+                        .arg(format!("http://127.0.0.1:{}/", self.nginx.port)),
+                );
+                Run {
+                    throughput: field(&out, "Requests/sec:"),
+                    p99_ms: wrk_ms(&out, "99%"),
+                }
+            }
+            "pgbench-select" | "pgbench-tpcb" => {
+                let prefix = self.dir.join(format!("pglog-{load}"));
+                let mut cmd = Command::new(&self.pgbench);
+                cmd.args(["-n", "-c", "8", "-j", "2", "-T", &secs, "-l"])
+                    .arg(format!("--log-prefix={}", prefix.display()))
+                    .args(["-h", "127.0.0.1", "-U", "postgres"])
+                    .args(["-p", &self.postgres.port.to_string(), "postgres"]);
+                if load == "pgbench-select" {
+                    cmd.arg("-S");
+                }
+                let out = output(&mut cmd);
+                Run {
+                    throughput: field(&out, "tps ="),
+                    p99_ms: pgbench_p99_ms(&prefix),
+                }
+            }
+            _ => {
+                // GET and SET, about `seconds` in all at ~80k requests/s each.
+                let n = (40_000 * self.seconds).to_string();
+                let out = output(
+                    Command::new("redis-benchmark")
+                        .args(["-p", &self.redis.port.to_string(), "-c", "50", "-n", &n])
+                        .args(["-t", "get,set", "--csv"]),
+                );
+                let rows: Vec<Vec<f64>> = out
+                    .lines()
+                    .filter(|l| l.starts_with("\"GET\"") || l.starts_with("\"SET\""))
+                    .map(|l| {
+                        l.split(',')
+                            .skip(1)
+                            .filter_map(|v| v.trim_matches('"').parse().ok())
+                            .collect()
+                    })
+                    .collect();
+                assert_eq!(rows.len(), 2, "redis-benchmark printed: {out}");
+                // Columns: rps, avg, min, p50, p95, p99, max. Throughput over both tests is the
+                // harmonic mean (equal request counts); p99 the worse of the two.
+                let rps = 2.0 / rows.iter().map(|r| 1.0 / r[0]).sum::<f64>();
+                let p99 = rows.iter().map(|r| r[5]).fold(0.0, f64::max);
+                Run {
+                    throughput: rps,
+                    p99_ms: p99,
+                }
+            }
+        }
+    }
+}
+
+fn output(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("running a load generator");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The number after `label` on its line.
+fn field(out: &str, label: &str) -> f64 {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in:\n{out}"))
+}
+
+/// A latency percentile from wrk's `--latency` distribution ("99%    6.49ms"), in ms.
+fn wrk_ms(out: &str, pct: &str) -> f64 {
+    let value = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(pct))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {pct} line in:\n{out}"));
+    let (number, scale) = if let Some(v) = value.strip_suffix("us") {
+        (v, 1e-3)
+    } else if let Some(v) = value.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = value.strip_suffix('s') {
+        (v, 1e3)
+    } else {
+        panic!("unknown unit in {value:?}")
+    };
+    number.parse::<f64>().expect("a latency") * scale
+}
+
+/// p99 of the per-transaction latencies pgbench logged (`-l`: the third column, µs), from every
+/// log file of the run; the files are removed afterwards.
+fn pgbench_p99_ms(prefix: &Path) -> f64 {
+    let dir = prefix.parent().expect("a directory");
+    let stem = prefix
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("a UTF-8 prefix");
+    let mut latencies: Vec<u64> = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("reading the log directory") {
+        let path = entry.expect("a directory entry").path();
+        if !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(stem))
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("reading a pgbench log");
+        latencies.extend(
+            text.lines()
+                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()),
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+    assert!(!latencies.is_empty(), "pgbench logged no transactions");
+    latencies.sort_unstable();
+    let i = (latencies.len() * 99).div_ceil(100).saturating_sub(1);
+    latencies[i] as f64 / 1000.0
+}
