@@ -38,10 +38,8 @@ pub mod maps {
     pub const SYSCALL_CLASS: &str = "SYSCALL_CLASS";
     /// `HashMap<u32, ThreadState>`: per selected thread (by tid), its scheduler state.
     pub const THREADS: &str = "THREADS";
-    /// `PerCpuHashMap<u32, SchedStats>`: per service id.
+    /// `PerCpuArray<SchedStats>`: per service id (sized max_services + 1 at load).
     pub const SCHED_STATS: &str = "SCHED_STATS";
-    /// `PerCpuArray<SchedStats>`: one zeroed value for first inserts.
-    pub const ZERO_SCHED: &str = "ZERO_SCHED";
     /// `Array<u64>`: index 0 is the monotonic time the current window started; intervals that
     /// straddle it are split there (the agent accounts the part before it).
     pub const WINDOW: &str = "WINDOW";
@@ -320,7 +318,7 @@ pub enum Counter {
     DropTaskReadFailed = 7,
     /// A selected thread could not be tracked: `THREADS` is full.
     DropThreadsFull = 8,
-    /// A service's scheduler stats could not be created: `SCHED_STATS` is full.
+    /// A service's scheduler stats could not be found: its id is beyond `SCHED_STATS`.
     DropSchedStatsFull = 9,
     /// A service's network stats could not be found: its id is beyond `NET_STATS`.
     DropNetStatsFull = 10,

@@ -14,7 +14,7 @@ use agent_ebpf::{
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{map, raw_tracepoint},
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 
@@ -22,8 +22,6 @@ use crate::{
     selection::{count, offsets, on_cpu, read_field, selection_generation, service_of},
     syscalls::SYSCALL_START,
 };
-
-const NO_PREALLOC: u32 = 1;
 
 /// `TASK_UNINTERRUPTIBLE`: a D-state sleep (block I/O, page faults, kernel mutexes).
 const TASK_UNINTERRUPTIBLE: u64 = 0x2;
@@ -34,12 +32,9 @@ const TASK_DEAD: u64 = 0x80;
 #[map(name = "THREADS")]
 pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(16384, 0);
 
+/// Per service id, sized max_services + 1 at load: an inlined lookup on every switch.
 #[map(name = "SCHED_STATS")]
-static SCHED_STATS: PerCpuHashMap<u32, SchedStats> =
-    PerCpuHashMap::with_max_entries(1024, NO_PREALLOC);
-
-#[map(name = "ZERO_SCHED")]
-static ZERO_SCHED: PerCpuArray<SchedStats> = PerCpuArray::with_max_entries(1, 0);
+static SCHED_STATS: PerCpuArray<SchedStats> = PerCpuArray::with_max_entries(1, 0);
 
 /// Syscall number → `syscall_class`, filled by the agent from syscall names at load.
 #[map(name = "SYSCALL_CLASS")]
@@ -91,15 +86,11 @@ fn now_ns() -> u64 {
 
 #[inline(always)]
 fn stats_of(service: u32) -> Option<*mut SchedStats> {
-    if let Some(s) = SCHED_STATS.get_ptr_mut(service) {
-        return Some(s);
-    }
-    let zero = ZERO_SCHED.get(0)?;
-    if SCHED_STATS.insert(service, zero, 1).is_err() && SCHED_STATS.get_ptr_mut(service).is_none() {
+    let stats = SCHED_STATS.get_ptr_mut(service);
+    if stats.is_none() {
         count(Counter::DropSchedStatsFull);
-        return None;
     }
-    SCHED_STATS.get_ptr_mut(service)
+    stats
 }
 
 /// The state of a selected thread, created on first sight.

@@ -167,6 +167,7 @@ impl Probes {
             .override_global(globals::SYSCALL_SAMPLE_MASK, &sample_mask, true)
             .override_global(globals::SYSCALL_ROWS, &rows, true)
             .map_max_entries(maps::NET_STATS, rows)
+            .map_max_entries(maps::SCHED_STATS, rows)
             .map_max_entries(
                 maps::SYSCALL_CALLS,
                 cpus * rows * agent_ebpf::SYSCALL_NR_SLOTS,

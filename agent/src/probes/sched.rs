@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use agent_ebpf::{SchedStats, ThreadState, hist, maps, offcpu, syscall_class};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
 };
 
 use super::{Probes, map_mut, map_ref};
@@ -84,16 +84,20 @@ impl Totals {
 
 /// Cumulative per-service stats.
 pub fn read(probes: &Probes) -> Result<HashMap<u32, Totals>, ProbeError> {
-    let map: PerCpuHashMap<&MapData, u32, SchedStats> = map_ref(probes.ebpf(), maps::SCHED_STATS)?;
+    let map: PerCpuArray<&MapData, SchedStats> = map_ref(probes.ebpf(), maps::SCHED_STATS)?;
     let mut out = HashMap::new();
-    for entry in map.iter() {
-        let (service, per_cpu) = entry.map_err(|e| ProbeError::MapRead {
+    // One row per service id the kernel may use; a row never scheduled stays zero.
+    for service in 1..=u32::from(probes.max_service()).min(map.len().saturating_sub(1)) {
+        let per_cpu = map.get(&service, 0).map_err(|e| ProbeError::MapRead {
             name: maps::SCHED_STATS,
             reason: e.to_string(),
         })?;
-        let t: &mut Totals = out.entry(service).or_default();
+        let mut t = Totals::default();
         for cpu in per_cpu.iter() {
             t.add(cpu);
+        }
+        if t != Totals::default() {
+            out.insert(service, t);
         }
     }
     Ok(out)
