@@ -47,8 +47,7 @@ pub struct PeerCache {
 }
 
 #[map(name = "PEER_CACHE")]
-static PEER_CACHE: PerCpuArray<PeerCache> =
-    PerCpuArray::with_max_entries(PEER_CACHE_SLOTS, 0);
+static PEER_CACHE: PerCpuArray<PeerCache> = PerCpuArray::with_max_entries(PEER_CACHE_SLOTS, 0);
 
 const PEER_CACHE_SLOTS: u32 = 256;
 

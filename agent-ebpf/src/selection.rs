@@ -5,7 +5,7 @@
 //! not selected costs almost nothing. The syscall probes go further: [`on_cpu`] reads the
 //! selection `sched_switch` cached for the running task, which needs no helper call at all.
 
-use agent_ebpf::{Counter, NO_SERVICE, OnCpu, Offsets};
+use agent_ebpf::{Counter, NO_SERVICE, Offsets, OnCpu};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::map,

@@ -712,11 +712,16 @@ mod tests {
         assert!(parse("syscall_sample = 3").is_err());
         assert!(error("disable_groups = [\"sched\", \"gpu\"]").contains("no probe group \"gpu\""));
         assert_eq!(
-            parse("disable_groups = [\"disk\"]").map(|c| c.disable_groups).ok(),
+            parse("disable_groups = [\"disk\"]")
+                .map(|c| c.disable_groups)
+                .ok(),
             Some(vec!["disk".to_owned()])
         );
         assert!(parse("syscall_sample = 0").is_err());
-        assert_eq!(parse("syscall_sample = 1").map(|c| c.syscall_sample).ok(), Some(1));
+        assert_eq!(
+            parse("syscall_sample = 1").map(|c| c.syscall_sample).ok(),
+            Some(1)
+        );
         assert!(parse("max_services = \"many\"").is_err());
         assert!(error("x = = 1").starts_with("test.toml:1:"));
     }

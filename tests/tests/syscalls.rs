@@ -35,7 +35,10 @@ fn sleeps_are_counted_exactly() {
     // One call in 8 timed by default: 25 expected (binomial sd 4.7); outside 5..=60 is a
     // one-in-a-million fluke or a broken sampler.
     let timed = sleeps["timed"].as_u64().expect("timed");
-    assert!((5..=60).contains(&timed), "{timed} of {N} timed: {sleeps:#}");
+    assert!(
+        (5..=60).contains(&timed),
+        "{timed} of {N} timed: {sleeps:#}"
+    );
     let p50 = sleeps["p50_ns"].as_u64().expect("p50_ns");
     assert!(
         (1_000_000..=1_500_000).contains(&p50),
@@ -145,7 +148,10 @@ fn every_call_timed_with_and_without_the_scheduler_group() {
         w.wait_success();
         let doc = parse_profile(&agent.interrupt_and_output());
         assert_eq!(doc["agent"]["probes"]["sched"]["status"], sched, "{tag}");
-        assert_eq!(doc["agent"]["probes"]["syscalls"]["status"], "attached", "{tag}");
+        assert_eq!(
+            doc["agent"]["probes"]["syscalls"]["status"], "attached",
+            "{tag}"
+        );
         let svc = service(&doc, &name).unwrap_or_else(|| panic!("{tag}: no {name} in {doc:#}"));
         let sleeps = syscall(svc, "clock_nanosleep").expect("clock_nanosleep recorded");
         assert_eq!(sleeps["count"], N, "{tag}: {sleeps:#}");
@@ -185,6 +191,9 @@ fn a_running_syscall_loop_is_counted_once_selected() {
     let calls = syscall(svc, "getppid").map_or(0, |c| c["count"].as_u64().unwrap_or(0));
     // ~300 ns a call under the probes: 1 s is ~3 M calls; a third of that proves counting began
     // within the first second even on a loaded 2-core machine.
-    assert!(calls >= 1_000_000, "only {calls} getppid counted in ~1 s: {svc:#}");
+    assert!(
+        calls >= 1_000_000,
+        "only {calls} getppid counted in ~1 s: {svc:#}"
+    );
     println!("{calls} getppid counted in ~1 s");
 }

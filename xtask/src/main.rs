@@ -39,6 +39,9 @@ enum Task {
     Bench {
         #[arg(long)]
         quick: bool,
+        /// Minutes of soak in the full bench (memory and CPU over time); 0 skips it.
+        #[arg(long, default_value_t = 30)]
+        soak_minutes: u64,
     },
     /// Formatting, lints, unit tests, the deployment files' checks, then the privileged
     /// integration tests one at a time.
@@ -111,7 +114,15 @@ fn main() -> ExitCode {
         Task::Setup => setup::run().map(|_| ()),
         Task::Build => setup::run().and_then(|_| tasks::build()),
         Task::Run { args } => setup::run().and_then(|_| tasks::run(&args)),
-        Task::Bench { quick } => setup::run().and_then(|_| bench::run(&bench::Options { quick })),
+        Task::Bench {
+            quick,
+            soak_minutes,
+        } => setup::run().and_then(|_| {
+            bench::run(&bench::Options {
+                quick,
+                soak_minutes,
+            })
+        }),
         Task::Test { filter } => setup::run().and_then(|_| tasks::test(filter.as_deref())),
         Task::Install { target, bin } => build_setup(bin.as_deref()).and_then(|()| {
             deploy::install(&deploy::InstallOptions {

@@ -32,9 +32,14 @@ pub fn read(probes: &Probes) -> Result<Snapshot, ProbeError> {
         let per_cpu = services
             .get(&service, 0)
             .map_err(read_err(maps::NET_STATS))?;
-        if per_cpu.iter().all(|c| c.tx_bytes == 0 && c.rx_bytes == 0 && c.connections_opened == 0
-            && c.connections_closed == 0 && c.connects_failed == 0 && c.retransmits == 0)
-        {
+        if per_cpu.iter().all(|c| {
+            c.tx_bytes == 0
+                && c.rx_bytes == 0
+                && c.connections_opened == 0
+                && c.connections_closed == 0
+                && c.connects_failed == 0
+                && c.retransmits == 0
+        }) {
             continue;
         }
         let t = snap.services.entry(service).or_default();

@@ -128,7 +128,11 @@ pub fn read(probes: &Probes) -> Result<Snapshot, ProbeError> {
     if let Some(calls) = probes.call_counts() {
         for service in 1..=u32::from(probes.max_service()).min(calls.rows - 1) {
             for (nr, count) in calls.service(service) {
-                snapshot.stats.entry(SyscallKey { service, nr }).or_default().count = count;
+                snapshot
+                    .stats
+                    .entry(SyscallKey { service, nr })
+                    .or_default()
+                    .count = count;
             }
         }
     }

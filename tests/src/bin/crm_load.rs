@@ -9,7 +9,10 @@
 //! programs (`crmprof bench-floor`), and with `crmprof run` (auto-discovery: every server and
 //! load generator is a profiled service). Prints one JSON line per run:
 //! `{"load":…,"config":"without|floor|crmprof","round":…,"throughput":…,"p99_ms":…}`.
-#![expect(clippy::expect_used, reason = "a bench driver: a failure is a message and exit")]
+#![expect(
+    clippy::expect_used,
+    reason = "a bench driver: a failure is a message and exit"
+)]
 
 use std::{
     io::{BufRead as _, BufReader},
@@ -62,7 +65,12 @@ fn main() {
     };
     loads.init_pgbench();
 
-    let names = ["nginx-wrk", "pgbench-select", "pgbench-tpcb", "redis-get-set"];
+    let names = [
+        "nginx-wrk",
+        "pgbench-select",
+        "pgbench-tpcb",
+        "redis-get-set",
+    ];
     for round in 0..rounds {
         for (i, load) in names.iter().enumerate() {
             let mut order = CONFIGS;

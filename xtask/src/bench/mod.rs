@@ -6,6 +6,12 @@
 //! sys_enter/sys_exit (the floor), crmprof with the loop selected, crmprof with it not
 //! selected, and bpftrace's equivalent per-(comm, syscall) latency histogram. The added cost of
 //! each is its time minus the baseline's; ratios are to the floor's added cost.
+//!
+//! The full bench adds the realistic loads ([`load`]: nginx, PostgreSQL, Redis with and without
+//! crmprof) and the soak ([`soak`]: memory and CPU over many minutes).
+
+mod load;
+mod soak;
 
 use std::{
     collections::BTreeMap,
@@ -29,6 +35,8 @@ const TARGET_UNSELECTED: f64 = 1.05;
 
 pub struct Options {
     pub quick: bool,
+    /// Minutes of soak in the full bench; 0 skips it.
+    pub soak_minutes: u64,
 }
 
 struct Tools {
@@ -60,6 +68,12 @@ impl Config {
 
 /// A tracer running in the background until dropped (SIGINT, then wait).
 struct Tracer(Option<Child>);
+
+impl Tracer {
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+}
 
 impl Drop for Tracer {
     fn drop(&mut self) {
@@ -312,6 +326,91 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     result
 }
 
+/// The per-syscall figures of one measurement.
+struct SyscallCost {
+    rounds: usize,
+    calls: u64,
+    ns: BTreeMap<Config, Vec<f64>>,
+    base: f64,
+    selected: f64,
+    unselected: f64,
+    noise: f64,
+    margin: f64,
+}
+
+impl SyscallCost {
+    fn ratio(&self, c: Config) -> f64 {
+        stats(&self.added(c)).1 / stats(&self.added(Config::Floor)).1.max(1e-9)
+    }
+
+    fn added(&self, c: Config) -> Vec<f64> {
+        self.ns
+            .get(&c)
+            .map_or_else(Vec::new, |v| v.iter().map(|x| x - self.base).collect())
+    }
+
+    /// The targets this measurement misses by more than its noise explains.
+    fn beyond_noise(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        if self.selected > TARGET_SELECTED + self.margin {
+            failures.push(format!(
+                "selected {:.2} × floor > {TARGET_SELECTED} + {:.2}",
+                self.selected, self.margin
+            ));
+        }
+        if self.unselected > TARGET_UNSELECTED + self.margin {
+            failures.push(format!(
+                "not selected {:.2} × floor > {TARGET_UNSELECTED} + {:.2}",
+                self.unselected, self.margin
+            ));
+        }
+        failures
+    }
+}
+
+fn per_syscall(
+    tools: &Tools,
+    configs: &[Config],
+    rounds: usize,
+    calls: u64,
+) -> anyhow::Result<SyscallCost> {
+    let mut ns: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
+    for round in 0..rounds {
+        eprintln!("==> bench: per-syscall cost, round {}/{rounds}", round + 1);
+        // Rotate the order each round so no configuration always runs first or last.
+        let mut order = configs.to_vec();
+        order.rotate_left(round % configs.len());
+        for config in order {
+            let tracer = tools.tracer(config)?;
+            // Warm up, then measure.
+            tools.null_loop(calls / 10)?;
+            let v = tools.null_loop(calls)?;
+            drop(tracer);
+            ns.entry(config).or_default().push(v);
+        }
+    }
+    let base = stats(ns.get(&Config::Baseline).map_or(&[][..], Vec::as_slice)).1;
+    let mut cost = SyscallCost {
+        rounds,
+        calls,
+        ns,
+        base,
+        selected: 0.0,
+        unselected: 0.0,
+        noise: 0.0,
+        margin: 0.0,
+    };
+    let floor = stats(&cost.added(Config::Floor));
+    // Noise: how much the floor's own added cost moves between rounds. Half of that spread,
+    // and never less than 10%, is what a ratio may exceed its target by before it counts: the
+    // median of five rounds rarely strays further than half the range of its rounds.
+    cost.noise = (floor.2 - floor.0) / floor.1.max(1e-9);
+    cost.margin = (cost.noise / 2.0).max(0.10);
+    cost.selected = cost.ratio(Config::Selected);
+    cost.unselected = cost.ratio(Config::Unselected);
+    Ok(cost)
+}
+
 fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
     let (rounds, calls) = if opts.quick {
         (5, 1_000_000)
@@ -333,20 +432,15 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
         "==> bench: machine {:.0}% busy before starting",
         quiet * 100.0
     );
-    let mut ns: BTreeMap<Config, Vec<f64>> = BTreeMap::new();
-    for round in 0..rounds {
-        eprintln!("==> bench: per-syscall cost, round {}/{rounds}", round + 1);
-        // Rotate the order each round so no configuration always runs first or last.
-        let mut order = configs.clone();
-        order.rotate_left(round % configs.len());
-        for config in order {
-            let tracer = tools.tracer(config)?;
-            // Warm up, then measure.
-            tools.null_loop(calls / 10)?;
-            let v = tools.null_loop(calls)?;
-            drop(tracer);
-            ns.entry(config).or_default().push(v);
-        }
+    let mut cost = per_syscall(tools, &configs, rounds, calls)?;
+    let mut remeasured = None;
+    if opts.quick && !cost.beyond_noise().is_empty() {
+        // A second opinion before failing: a burst of other load on the machine moves one
+        // measurement, rarely two in a row.
+        let first = cost.beyond_noise().join("; ");
+        eprintln!("==> bench: {first}; measuring again before failing");
+        cost = per_syscall(tools, &configs, rounds, calls)?;
+        remeasured = Some(first);
     }
     // Per-program figures from the kernel's BPF statistics, in a separate run: enabling them
     // times every program run, which would distort the ratios above.
@@ -363,19 +457,24 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
         s
     };
 
-    let base = stats(ns.get(&Config::Baseline).map_or(&[][..], Vec::as_slice)).1;
-    let added = |c: Config| -> Vec<f64> {
-        ns.get(&c)
-            .map_or_else(Vec::new, |v| v.iter().map(|x| x - base).collect())
-    };
-    let floor_added = stats(&added(Config::Floor));
-    let ratio = |c: Config| stats(&added(c)).1 / floor_added.1.max(1e-9);
-    // Noise: how much the floor's own added cost moves between rounds.
-    let noise = (floor_added.2 - floor_added.0) / floor_added.1.max(1e-9);
-    let margin = (noise / 2.0).max(0.10);
-
     eprintln!("==> bench: the agent's own cost at 100k syscalls/s");
     let own = own_cost(tools, if opts.quick { 10_000 } else { 30_000 })?;
+    let mut missed = Vec::new();
+    let realistic = if opts.quick {
+        None
+    } else {
+        let target = crate::util::target_dir()?.join("release");
+        let r = load::measure(&target.join("crm-load"), &tools.crmprof, 5, 8)?;
+        missed.extend(r.missed.iter().cloned());
+        Some(r.markdown)
+    };
+    let soaked = if opts.quick || opts.soak_minutes == 0 {
+        None
+    } else {
+        let r = soak::measure(tools, opts.soak_minutes)?;
+        missed.extend(r.missed.iter().cloned());
+        Some(r.markdown)
+    };
 
     let mut md = String::new();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -397,25 +496,63 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
         kernel.trim(),
         quiet * 100.0
     );
+    syscall_section(&mut md, &cost, &configs, remeasured.as_deref());
+    program_section(&mut md, &prog_stats);
+    own_section(&mut md, &own);
+    if let Some(r) = &realistic {
+        md.push_str(r);
+    }
+    if let Some(s) = &soaked {
+        md.push_str(s);
+    }
+    let path = if opts.quick {
+        crate::util::target_dir()?.join("BENCHMARKS-quick.md")
+    } else {
+        workspace_root().join("BENCHMARKS.md")
+    };
+    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!("{md}");
+    eprintln!("    written to {}", path.display());
+
+    let failures = cost.beyond_noise();
+    if opts.quick && !failures.is_empty() {
+        bail!(
+            "per-syscall overhead above target in two measurements: {}",
+            failures.join("; ")
+        );
+    }
+    if !missed.is_empty() {
+        eprintln!("==> bench: targets missed: {}", missed.join("; "));
+    }
+    Ok(())
+}
+
+fn syscall_section(
+    md: &mut String,
+    cost: &SyscallCost,
+    configs: &[Config],
+    remeasured: Option<&str>,
+) {
     let _ = writeln!(md, "## Per-syscall cost\n");
     let _ = writeln!(
         md,
-        "A null-syscall loop (getppid, {calls} calls) under each configuration, {rounds} rounds \
+        "A null-syscall loop (getppid, {} calls) under each configuration, {} rounds \
          interleaved. ns per call (min / median / max); added = median − baseline median; ratio = \
-         added ÷ the floor's added cost.\n"
+         added ÷ the floor's added cost.\n",
+        cost.calls, cost.rounds
     );
     let _ = writeln!(
         md,
         "| configuration | ns/call min | median | max | added ns | × floor |"
     );
     let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- |");
-    for c in &configs {
-        let (lo, med, hi) = stats(ns.get(c).map_or(&[][..], Vec::as_slice));
-        let add = med - base;
+    for c in configs {
+        let (lo, med, hi) = stats(cost.ns.get(c).map_or(&[][..], Vec::as_slice));
+        let add = med - cost.base;
         let r = if *c == Config::Baseline {
             String::from("—")
         } else {
-            format!("{:.2}", ratio(*c))
+            format!("{:.2}", cost.ratio(*c))
         };
         let _ = writeln!(
             md,
@@ -423,33 +560,44 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
             c.label()
         );
     }
-    let (sel, unsel) = (ratio(Config::Selected), ratio(Config::Unselected));
     let _ = writeln!(
         md,
-        "\nTargets: selected ≤ {TARGET_SELECTED:.2} × floor (measured {sel:.2}), not selected ≤ \
-         {TARGET_UNSELECTED:.2} × floor (measured {unsel:.2}). Noise: the floor's added cost \
+        "\nTargets: selected ≤ {TARGET_SELECTED:.2} × floor (measured {:.2}), not selected ≤ \
+         {TARGET_UNSELECTED:.2} × floor (measured {:.2}). Noise: the floor's added cost \
          spread {:.0}% between rounds, so the quick check fails only above target + {:.0}% \
-         (half that spread, at least 10%).\n",
-        noise * 100.0,
-        margin * 100.0
+         (half that spread, at least 10%), and only when a second measurement agrees.{}\n",
+        cost.selected,
+        cost.unselected,
+        cost.noise * 100.0,
+        cost.margin * 100.0,
+        remeasured.map_or(String::new(), |first| format!(
+            " The first measurement here was above that ({first}); these figures are the second."
+        ))
     );
-    if !prog_stats.is_empty() {
-        let _ = writeln!(
-            md,
-            "### Per program (kernel BPF statistics, a separate selected run; the statistics add the cost of timing each run)\n"
-        );
-        let _ = writeln!(md, "| program | runs | avg ns per run |");
-        let _ = writeln!(md, "| --- | --- | --- |");
-        for (name, (time, cnt)) in &prog_stats {
-            let avg = if *cnt > 0 {
-                *time as f64 / *cnt as f64
-            } else {
-                0.0
-            };
-            let _ = writeln!(md, "| {name} | {cnt} | {avg:.1} |");
-        }
-        md.push('\n');
+}
+
+fn program_section(md: &mut String, prog_stats: &BTreeMap<String, (u64, u64)>) {
+    if prog_stats.is_empty() {
+        return;
     }
+    let _ = writeln!(
+        md,
+        "### Per program (kernel BPF statistics, a separate selected run; the statistics add the cost of timing each run)\n"
+    );
+    let _ = writeln!(md, "| program | runs | avg ns per run |");
+    let _ = writeln!(md, "| --- | --- | --- |");
+    for (name, (time, cnt)) in prog_stats {
+        let avg = if *cnt > 0 {
+            *time as f64 / *cnt as f64
+        } else {
+            0.0
+        };
+        let _ = writeln!(md, "| {name} | {cnt} | {avg:.1} |");
+    }
+    md.push('\n');
+}
+
+fn own_section(md: &mut String, own: &OwnCost) {
     let _ = writeln!(md, "## The agent's own cost\n");
     let _ = writeln!(
         md,
@@ -479,33 +627,10 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
         md,
         "\nCPU is read from /proc/PID/stat in 10 ms ticks: over {} s the resolution is {:.2}% of a \
          core.\n\nTargets: ≤ 2% of one core at 100k syscalls/s; ≤ 64 MiB resident; wake-ups \
-         independent of the event rate. The 30-minute soak and the nginx/PostgreSQL/Redis throughput runs are not \
-         part of this bench yet.",
+         independent of the event rate.\n",
         own.seconds,
         1.0 / own.seconds.max(1) as f64
     );
-    let path = workspace_root().join("BENCHMARKS.md");
-    std::fs::write(&path, &md).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!("{md}");
-    eprintln!("    written to {}", path.display());
-
-    if opts.quick {
-        let mut failures = Vec::new();
-        if sel > TARGET_SELECTED + margin {
-            failures.push(format!(
-                "selected {sel:.2} × floor > {TARGET_SELECTED} + {margin:.2}"
-            ));
-        }
-        if unsel > TARGET_UNSELECTED + margin {
-            failures.push(format!(
-                "not selected {unsel:.2} × floor > {TARGET_UNSELECTED} + {margin:.2}"
-            ));
-        }
-        if !failures.is_empty() {
-            bail!("per-syscall overhead above target: {}", failures.join("; "));
-        }
-    }
-    Ok(())
 }
 
 struct OwnCost {
@@ -524,7 +649,7 @@ fn own_cost(tools: &Tools, millis: u64) -> anyhow::Result<OwnCost> {
     c.args(["-v", "run", "--quiet", "--interval", "1s", "--data-dir"])
         .arg(&data);
     let tracer = start_tracer(c, "measuring")?;
-    let pid = tracer.0.as_ref().map_or(0, Child::id);
+    let pid = tracer.pid();
     let window = |load: bool| -> anyhow::Result<(f64, f64, f64)> {
         let (c0, s0, t0) = (cpu_ns(pid), switches(pid), Instant::now());
         if load {
