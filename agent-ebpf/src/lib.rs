@@ -308,7 +308,8 @@ pub enum Counter {
     DropProcEventRingFull = 2,
     /// A pid or tid beyond the arrays sized from `kernel.pid_max` at load time.
     DropPidOutOfRange = 3,
-    /// A syscall exit with no recorded entry (the thread was mid-syscall when probes attached).
+    /// A syscall exit with no recorded entry: the thread was mid-syscall when the probes
+    /// attached or when its process was selected, or it is a new thread returning from clone.
     UnmatchedExit = 4,
     /// Processes that joined a service by fork.
     ForkInherited = 5,

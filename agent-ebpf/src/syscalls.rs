@@ -73,63 +73,82 @@ const MAX_ERRNO: i64 = 4095;
 // counting there. One lookup less on every syscall of every process.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    let Some(c) = ON_CPU.get_ptr_mut(0) else {
-        return 0;
-    };
+    match try_sys_enter(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), ()> {
+    let c = ON_CPU.get_ptr_mut(0).ok_or(())?;
     // SAFETY: this CPU's ON_CPU element; programs run with migration disabled.
     unsafe {
         if (*c).service != u32::from(NO_SERVICE) {
             (*c).call = begin(&mut (*c).rng, ctx.arg(1));
         }
     }
-    0
+    Ok(())
 }
 
 // raw_syscalls:sys_exit — TP_PROTO(struct pt_regs *regs, long ret)
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
-    let Some(c) = on_cpu() else {
-        return 0;
-    };
+    match try_sys_exit(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ()> {
+    let c = on_cpu().ok_or(())?;
     // SAFETY: as in sys_enter.
-    let (service, packed) = unsafe {
-        let call = (*c).call;
-        (*c).call = 0;
-        ((*c).service, call)
-    };
+    let (service, packed) = unsafe { ((*c).service, core::mem::replace(&mut (*c).call, 0)) };
     if service != u32::from(NO_SERVICE) {
         finish(service, packed, ctx.arg(1));
     }
-    0
+    Ok(())
 }
 
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter_alone(ctx: RawTracePointContext) -> i32 {
+    match try_sys_enter_alone(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_sys_enter_alone(ctx: &RawTracePointContext) -> Result<(), ()> {
     let id = bpf_get_current_pid_tgid();
     if service_of((id >> 32) as u32) == NO_SERVICE {
-        return 0;
+        return Ok(());
     }
-    if let (Some(slot), Some(c)) = (SYSCALL_START.get_ptr_mut(id as u32), ON_CPU.get_ptr_mut(0)) {
-        // SAFETY: this tid's element, written only by this thread; this CPU's ON_CPU element
-        // (only its generator is used here).
-        unsafe { *slot = begin(&mut (*c).rng, ctx.arg(1)) };
-    }
-    0
+    let slot = SYSCALL_START.get_ptr_mut(id as u32).ok_or(())?;
+    let c = ON_CPU.get_ptr_mut(0).ok_or(())?;
+    // SAFETY: this tid's element, written only by this thread; this CPU's ON_CPU element (only
+    // its generator is used here).
+    unsafe { *slot = begin(&mut (*c).rng, ctx.arg(1)) };
+    Ok(())
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit_alone(ctx: RawTracePointContext) -> i32 {
+    match try_sys_exit_alone(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_sys_exit_alone(ctx: &RawTracePointContext) -> Result<(), ()> {
     let id = bpf_get_current_pid_tgid();
     let service = service_of((id >> 32) as u32);
     if service == NO_SERVICE {
-        return 0;
+        return Ok(());
     }
-    if let Some(slot) = SYSCALL_START.get_ptr_mut(id as u32) {
-        // SAFETY: this tid's element, written only by this thread.
-        let packed = unsafe { core::mem::replace(&mut *slot, 0) };
-        finish(u32::from(service), packed, ctx.arg(1));
-    }
-    0
+    let slot = SYSCALL_START.get_ptr_mut(id as u32).ok_or(())?;
+    // SAFETY: this tid's element, written only by this thread.
+    let packed = unsafe { core::mem::replace(&mut *slot, 0) };
+    finish(u32::from(service), packed, ctx.arg(1));
+    Ok(())
 }
 
 /// The packed start of a call: timed (a clock read) for one call in `SYSCALL_SAMPLE_MASK + 1`,

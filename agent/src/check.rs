@@ -169,7 +169,13 @@ pub fn run(btf_path: &Path) -> Report {
                         name: format!("probes.{group}"),
                         status: if ok { "ok" } else { "missing" },
                         detail: if ok {
-                            format!("raw tracepoints {}", status.attach_points.join(", "))
+                            let mut d =
+                                format!("raw tracepoints {}", status.attach_points.join(", "));
+                            if let Some(note) = &status.note {
+                                d.push_str("; ");
+                                d.push_str(note);
+                            }
+                            d
                         } else {
                             status.error.clone().unwrap_or_default()
                         },

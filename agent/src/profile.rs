@@ -61,6 +61,9 @@ pub struct ProbeReport {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verifier_log: Option<String>,
+    /// How the group runs when it runs in a degraded mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl From<&GroupStatus> for ProbeReport {
@@ -70,6 +73,7 @@ impl From<&GroupStatus> for ProbeReport {
             attach_points: s.attach_points.iter().map(|&p| p.to_owned()).collect(),
             error: s.error.clone(),
             verifier_log: s.verifier_log.clone(),
+            note: s.note.clone(),
         }
     }
 }

@@ -109,6 +109,9 @@ pub struct GroupStatus {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verifier_log: Option<String>,
+    /// How the group runs when it runs in a degraded mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// Options for [`Probes::load`].
@@ -205,16 +208,24 @@ impl Probes {
                 continue;
             }
             let missing = btf::missing_fields(&offsets, group.name);
-            let programs = match group.without {
+            let (programs, note) = match group.without {
                 Some((needed, alone))
                     if status.get(needed).is_none_or(|s| s.status != "attached") =>
                 {
-                    alone
+                    let note = format!(
+                        "without the {needed} group: the task is looked up on every call, \
+                         which costs about twice as much per syscall (docs/probes.md)"
+                    );
+                    (alone, Some(note))
                 }
-                _ => group.programs,
+                _ => (group.programs, None),
             };
             let result = if missing.is_empty() {
-                attach_group(&mut ebpf, programs)
+                let mut s = attach_group(&mut ebpf, programs);
+                if s.status == "attached" {
+                    s.note = note;
+                }
+                s
             } else {
                 failed(format!(
                     "this kernel's BTF lacks {}; the group is not attached",
@@ -451,6 +462,7 @@ fn failed(error: String) -> GroupStatus {
         attach_points: Vec::new(),
         error: Some(error),
         verifier_log: None,
+        note: None,
     }
 }
 
@@ -469,6 +481,7 @@ fn attach_group(ebpf: &mut Ebpf, programs: &[(&'static str, &'static str)]) -> G
                 attach_points: attached,
                 error: Some(format!("{program} on raw tracepoint {tracepoint}: {e}")),
                 verifier_log,
+                note: None,
             };
         }
         attached.push(tracepoint);
@@ -478,6 +491,7 @@ fn attach_group(ebpf: &mut Ebpf, programs: &[(&'static str, &'static str)]) -> G
         attach_points: attached,
         error: None,
         verifier_log: None,
+        note: None,
     }
 }
 
