@@ -347,29 +347,37 @@ fn prometheus_receives_remote_write_and_scrapes_metrics() {
     assert!(line.starts_with("CRMPROF UNKNOWN"), "{line}");
 }
 
-fn exp_point<'a>(
+/// The metrics named `metric` in the resource of `service`.
+fn metrics_of<'a>(
     req: &'a opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
-    service: &str,
-    metric: &str,
-    syscall: &str,
-) -> Option<&'a ExponentialHistogramDataPoint> {
+    service: &'a str,
+    metric: &'a str,
+) -> impl Iterator<Item = &'a opentelemetry_proto::tonic::metrics::v1::Metric> {
     req.resource_metrics
         .iter()
-        .filter(|rm| {
+        .filter(move |rm| {
             rm.resource
                 .as_ref()
                 .is_some_and(|r| attr(&r.attributes, "service.name") == Some(service))
         })
         .flat_map(|rm| &rm.scope_metrics)
         .flat_map(|sm| &sm.metrics)
-        .filter(|m| m.name == metric)
-        .find_map(|m| match &m.data {
-            Some(Data::ExponentialHistogram(h)) => h
-                .data_points
-                .iter()
-                .find(|dp| attr(&dp.attributes, "syscall") == Some(syscall)),
-            _ => None,
-        })
+        .filter(move |m| m.name == metric)
+}
+
+fn exp_point<'a>(
+    req: &'a opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest,
+    service: &'a str,
+    metric: &'a str,
+    syscall: &str,
+) -> Option<&'a ExponentialHistogramDataPoint> {
+    metrics_of(req, service, metric).find_map(|m| match &m.data {
+        Some(Data::ExponentialHistogram(h)) => h
+            .data_points
+            .iter()
+            .find(|dp| attr(&dp.attributes, "syscall") == Some(syscall)),
+        _ => None,
+    })
 }
 
 /// The value of a cumulative sum's point for one syscall of one service.
@@ -380,28 +388,18 @@ fn sum_point(
     syscall: &str,
 ) -> Option<f64> {
     use opentelemetry_proto::tonic::metrics::v1::number_data_point::Value as N;
-    req.resource_metrics
-        .iter()
-        .filter(|rm| {
-            rm.resource
-                .as_ref()
-                .is_some_and(|r| attr(&r.attributes, "service.name") == Some(service))
-        })
-        .flat_map(|rm| &rm.scope_metrics)
-        .flat_map(|sm| &sm.metrics)
-        .filter(|m| m.name == metric)
-        .find_map(|m| match &m.data {
-            Some(Data::Sum(sum)) => sum
-                .data_points
-                .iter()
-                .find(|dp| attr(&dp.attributes, "syscall") == Some(syscall))
-                .and_then(|dp| match dp.value {
-                    Some(N::AsDouble(v)) => Some(v),
-                    Some(N::AsInt(v)) => Some(v as f64),
-                    None => None,
-                }),
-            _ => None,
-        })
+    metrics_of(req, service, metric).find_map(|m| match &m.data {
+        Some(Data::Sum(sum)) => sum
+            .data_points
+            .iter()
+            .find(|dp| attr(&dp.attributes, "syscall") == Some(syscall))
+            .and_then(|dp| match dp.value {
+                Some(N::AsDouble(v)) => Some(v),
+                Some(N::AsInt(v)) => Some(v as f64),
+                None => None,
+            }),
+        _ => None,
+    })
 }
 
 /// The OTLP export, decoded with the official types: per-service resources, an exponential

@@ -15,14 +15,14 @@
 )]
 
 use std::{
-    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
+    process::Command,
 };
 
-use integration_tests::servers::{self, Server};
+use integration_tests::{
+    Agent,
+    servers::{self, Server},
+};
 
 const CONFIGS: [&str; 3] = ["without", "floor", "crmprof"];
 
@@ -79,7 +79,9 @@ fn main() {
                 eprintln!("crm-load: round {}/{rounds}, {load}, {config}", round + 1);
                 let agent = start_tracer(&crmprof, config, &dir);
                 let run = loads.run(load);
-                drop(agent);
+                if let Some(agent) = agent {
+                    agent.interrupt();
+                }
                 println!(
                     "{{\"load\":\"{load}\",\"config\":\"{config}\",\"round\":{round},\
                      \"throughput\":{:.1},\"p99_ms\":{:.3}}}",
@@ -92,23 +94,13 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A tracer for one run, stopped (SIGINT, then reaped) on drop.
-struct Tracer(Child);
-
-impl Drop for Tracer {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
-    }
-}
-
-fn start_tracer(crmprof: &Path, config: &str, dir: &Path) -> Option<Tracer> {
+/// crmprof for one run: the floor programs or `crmprof run`, started and waited for as the
+/// tests do ([`Agent`]); `None` for the run without probes.
+fn start_tracer(crmprof: &Path, config: &str, dir: &Path) -> Option<Agent> {
     let mut cmd = Command::new(crmprof);
-    let ready = match config {
+    match config {
         "floor" => {
             cmd.arg("bench-floor");
-            "measuring the floor"
         }
         "crmprof" => {
             let conf = dir.join("crmprof.toml");
@@ -121,33 +113,11 @@ fn start_tracer(crmprof: &Path, config: &str, dir: &Path) -> Option<Tracer> {
             )
             .expect("writing crmprof.toml");
             cmd.args(["-v", "run", "--quiet", "--config"]).arg(&conf);
-            "measuring"
         }
         _ => return None,
-    };
-    let mut child = cmd
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("starting crmprof");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let tracer = Tracer(child);
-    loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) if line.contains(ready) => break,
-            Ok(_) => {}
-            Err(e) => panic!("crmprof ({config}) never became ready: {e}"),
-        }
     }
-    // Keep draining so crmprof never blocks on a full pipe.
-    std::thread::spawn(move || while rx.recv().is_ok() {});
-    Some(tracer)
+    // Both log a line containing "measuring" once their programs are attached.
+    Some(Agent::start_command(&mut cmd))
 }
 
 impl Loads {
