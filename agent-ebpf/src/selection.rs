@@ -96,8 +96,11 @@ pub fn count(counter: Counter) {
 /// The service id of a tgid, or [`NO_SERVICE`].
 #[inline(always)]
 pub fn service_of(tgid: u32) -> u16 {
-    match PID_SERVICE.get(tgid >> 2) {
-        Some(group) => group[(tgid & 3) as usize],
+    match PID_SERVICE.get_ptr(tgid >> 2) {
+        // SAFETY: a live element; the index is masked to 0..4. Volatile, so the compiler keeps
+        // it after a preceding generation read (see `SELECTION_GEN`): hoisted above it, a stale
+        // selection could be cached under a fresh generation.
+        Some(group) => unsafe { core::ptr::read_volatile(&(*group)[(tgid & 3) as usize]) },
         None => NO_SERVICE,
     }
 }
@@ -140,8 +143,8 @@ pub fn set_service(tgid: u32, service: u16) {
     let slot = (tgid & 3) as usize;
     // SAFETY: the pointer is to a live array element; the index is masked to 0..4.
     let old = unsafe { (*group)[slot] };
-    // SAFETY: as above.
-    unsafe { (*group)[slot] = service };
+    // SAFETY: as above. Volatile, so it stays before the generation bump below.
+    unsafe { core::ptr::write_volatile(&mut (*group)[slot], service) };
     if old != service
         && let Some(g) = SELECTION_GEN.get_ptr_mut(0)
     {

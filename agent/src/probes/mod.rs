@@ -268,9 +268,10 @@ impl Probes {
         self.calls.as_ref()
     }
 
-    /// Service ids the kernel may use are 1..=this (the kernel only copies ids it was given).
-    pub(crate) fn max_service(&self) -> u16 {
-        self.max_service
+    /// The service ids to read from a per-service map of `rows` rows: 1..= the highest id the
+    /// agent handed to the kernel (the kernel only copies ids it was given), within the map.
+    pub(crate) fn service_ids(&self, rows: u32) -> std::ops::RangeInclusive<u32> {
+        1..=u32::from(self.max_service).min(rows.saturating_sub(1))
     }
 
     pub fn attached(&self, group: &str) -> bool {
@@ -296,6 +297,11 @@ impl Probes {
         let mut group = map.get(&index, 0).map_err(write_err)?;
         self.max_service = self.max_service.max(service);
         let old = group[(tgid % 4) as usize];
+        if old == service {
+            // Already so (the kernel applied a comm rule at exec, or a fork inherited it): no
+            // write, so no window in which to clobber a neighbour the kernel is setting.
+            return Ok(());
+        }
         group[(tgid % 4) as usize] = service;
         if old == 0 && service != 0 {
             self.selected_by_agent += 1;

@@ -28,7 +28,7 @@ pub fn read(probes: &Probes) -> Result<Snapshot, ProbeError> {
     let services: PerCpuArray<&MapData, NetStats> = map_ref(probes.ebpf(), maps::NET_STATS)?;
     // One row per service id the kernel may use; rows of services that never used a socket
     // stay zero and are left out.
-    for service in 1..=u32::from(probes.max_service()).min(services.len().saturating_sub(1)) {
+    for service in probes.service_ids(services.len()) {
         let per_cpu = services
             .get(&service, 0)
             .map_err(read_err(maps::NET_STATS))?;

@@ -87,7 +87,7 @@ pub fn read(probes: &Probes) -> Result<HashMap<u32, Totals>, ProbeError> {
     let map: PerCpuArray<&MapData, SchedStats> = map_ref(probes.ebpf(), maps::SCHED_STATS)?;
     let mut out = HashMap::new();
     // One row per service id the kernel may use; a row never scheduled stays zero.
-    for service in 1..=u32::from(probes.max_service()).min(map.len().saturating_sub(1)) {
+    for service in probes.service_ids(map.len()) {
         let per_cpu = map.get(&service, 0).map_err(|e| ProbeError::MapRead {
             name: maps::SCHED_STATS,
             reason: e.to_string(),

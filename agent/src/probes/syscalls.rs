@@ -126,7 +126,7 @@ pub fn read(probes: &Probes) -> Result<Snapshot, ProbeError> {
     };
     let mut snapshot = Snapshot::default();
     if let Some(calls) = probes.call_counts() {
-        for service in 1..=u32::from(probes.max_service()).min(calls.rows - 1) {
+        for service in probes.service_ids(calls.rows) {
             for (nr, count) in calls.service(service) {
                 snapshot
                     .stats
