@@ -121,6 +121,11 @@ pub const fn syscall_calls_index(cpu: u32, rows: u32, service: u32, nr: u32) -> 
 /// Value of `ON_CPU`: who is running on this CPU and the syscall it is in. `sched_switch`
 /// parks `call` in `SYSCALL_START` when the task switches out and restores it when it comes
 /// back, so the syscall probes touch only this CPU's memory.
+///
+/// A traced switch is not the only way a task starts running: some kernels switch without
+/// the `sched_switch` tracepoint (seen on a PVM guest, where switches away from some threads
+/// are never traced). So `task` and `regs` let every program check, almost for free, that
+/// the task it runs for is the one named here; see `selection::syscall_task`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct OnCpu {
@@ -137,12 +142,19 @@ pub struct OnCpu {
     pub peer_set: u32,
     pub peer: PeerKey,
     pub peer_sent: u32,
-    pub _pad: u32,
+    /// The process of `tid`: a changed selection is re-read from it without a helper call.
+    pub tgid: u32,
     /// Bytes sent to and received from `peer` not yet added to `PEER_STATS`: they are added
     /// when the peer changes and when the task switches out, one hash update instead of one
     /// per socket call. (Service totals in `NET_STATS` are updated on every call.)
     pub pending_tx: u64,
     pub pending_rx: u64,
+    /// The `task_struct` that `sched_switch` switched in, 0 when the task was found another
+    /// way: the next switch compares it with its `prev` before trusting `tid`.
+    pub task: u64,
+    /// The `pt_regs` of `tid`'s syscalls (the top of its own kernel stack, so unique to it),
+    /// learnt at its first syscall after it switched in; 0 until then.
+    pub regs: u64,
 }
 
 /// Service id 0 means "not selected"; real ids start at 1.
@@ -338,10 +350,13 @@ pub enum Counter {
     /// A syscall not counted: its number is beyond [`SYSCALL_NR_SLOTS`] or its service beyond
     /// the rows `SYSCALL_CALLS` was sized for.
     DropSyscallOutsideTable = 17,
+    /// A task found running on a CPU that no `sched_switch` had switched it to (the kernel
+    /// switched without the tracepoint); the probes took it over from there.
+    UntracedSwitch = 18,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::DropSyscallStatsFull,
         Counter::DropErrnoFull,
@@ -361,6 +376,7 @@ impl Counter {
         Counter::ProcessesSelected,
         Counter::ProcessesReleased,
         Counter::DropSyscallOutsideTable,
+        Counter::UntracedSwitch,
     ];
 }
 

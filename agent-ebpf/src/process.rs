@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 
-use crate::selection::{agent_tgid, count, offsets, read_field, service_of, set_service};
+use crate::selection::{ON_CPU, agent_tgid, count, offsets, read_field, service_of, set_service};
 
 /// comm → service id for rules that must catch processes started later (`--comm NAME`).
 #[map(name = "COMM_RULES")]
@@ -81,7 +81,18 @@ pub fn sched_process_exec(_ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_exec() -> Result<(), ()> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // A thread other than the leader that execs takes the leader's pid (de_thread): same
+    // task, new tid, no switch. ON_CPU follows.
+    if let Some(c) = ON_CPU.get_ptr_mut(0) {
+        // SAFETY: this CPU's element; this task runs on it.
+        unsafe {
+            if (*c).tgid == tgid {
+                (*c).tid = id as u32;
+            }
+        }
+    }
     if tgid == agent_tgid() {
         return Ok(());
     }
@@ -95,7 +106,7 @@ fn try_exec() -> Result<(), ()> {
         count(Counter::ExecMatched);
     }
     if service != NO_SERVICE {
-        crate::sched::thread_running(bpf_get_current_pid_tgid() as u32, service);
+        crate::sched::thread_running(id as u32, service);
     }
     // SAFETY: reading a loader-filled global.
     if service != NO_SERVICE || unsafe { core::ptr::read_volatile(&REPORT_ALL_EXECS) } != 0 {

@@ -19,7 +19,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    selection::{count, offsets, on_cpu, read_field, selection_generation, service_of},
+    selection::{ON_CPU, count, offsets, on_cpu, read_field, selection_generation, service_of},
     syscalls::SYSCALL_START,
 };
 
@@ -201,12 +201,26 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_switch(ctx: &RawTracePointContext) -> Result<(), ()> {
-    // The outgoing task is this CPU's ON_CPU task: no helper call to learn who it is.
+    let prev: *const u8 = ctx.arg(1);
+    let c = ON_CPU.get_ptr_mut(0).ok_or(())?;
+    // The outgoing task is this CPU's ON_CPU task when the last traced switch here put it on
+    // (a pointer compare, no helper call). Otherwise ask prev who it is.
+    // SAFETY: this CPU's element; programs run with migration disabled.
+    if unsafe { (*c).task } != prev as u64 {
+        let Ok([tid, tgid]) = read_field::<[u32; 2]>(prev, offsets().task_pid) else {
+            forget_on_cpu(c);
+            return Err(());
+        };
+        // SAFETY: as above.
+        if unsafe { (*c).tid != tid || (*c).tgid != tgid } {
+            adopt(c, tid, tgid);
+        }
+    }
     let c = on_cpu().ok_or(())?;
     // Bytes the outgoing task moved, to its peer's totals, whether or not it is still selected.
     crate::net::flush_peer_bytes(c);
-    // SAFETY: this CPU's element; programs run with migration disabled. The peer it used
-    // while on CPU, if any, is read before the incoming task replaces it.
+    // SAFETY: as above. The peer it used while on CPU, if any, is read before the incoming
+    // task replaces it.
     let (tid, service, peer) = unsafe {
         (
             (*c).tid,
@@ -219,15 +233,10 @@ fn try_switch(ctx: &RawTracePointContext) -> Result<(), ()> {
     let next: *const u8 = ctx.arg(2);
     // pid and tgid are adjacent in task_struct (the loader checks): one read for both.
     let Ok([next_tid, next_tgid]) = read_field::<[u32; 2]>(next, offsets().task_pid) else {
-        // Unknown incoming task: make the syscall probes look it up themselves.
-        // SAFETY: as above.
-        unsafe {
-            (*c).generation = 0;
-            (*c).call = 0;
-        }
+        forget_on_cpu(c);
         return Err(());
     };
-    let next_service = restore_call(c, next_tid, next_tgid);
+    let next_service = restore_call(c, next_tid, next_tgid, next as u64);
     if service == u32::from(NO_SERVICE) && next_service == NO_SERVICE {
         // Neither side is selected: the common case on a busy host, and no clock read.
         return Ok(());
@@ -243,6 +252,57 @@ fn try_switch(ctx: &RawTracePointContext) -> Result<(), ()> {
         switch_in(t, now);
     }
     Ok(())
+}
+
+/// After a failed read of a task: nothing in `ON_CPU` is trusted until a program learns the
+/// running task again (its call in flight, if any, was parked or is lost and counted).
+#[inline(always)]
+fn forget_on_cpu(c: *mut OnCpu) {
+    // SAFETY: this CPU's element.
+    unsafe {
+        (*c).generation = 0;
+        (*c).call = 0;
+        (*c).task = 0;
+        (*c).regs = 0;
+        (*c).tid = 0;
+        (*c).tgid = 0;
+    }
+}
+
+/// Makes `ON_CPU` name `tid`, which runs on this CPU although no traced switch put it there
+/// (or a failed read left `ON_CPU` unknown). As at a switch, the task `ON_CPU` named parks
+/// its call in flight in its own slot and the running one gets its parked call back.
+#[inline(always)]
+pub fn adopt(c: *mut OnCpu, tid: u32, tgid: u32) {
+    // SAFETY: this CPU's element.
+    let (old_tid, known) = unsafe { ((*c).tid, (*c).generation != 0) };
+    if known {
+        count(Counter::UntracedSwitch);
+    }
+    crate::net::flush_peer_bytes(c);
+    park_call(c, old_tid, 0);
+    let service = restore_call(c, tid, tgid, 0);
+    if service != NO_SERVICE
+        && tid != 0
+        && let Some(t) = THREADS.get_ptr_mut(tid)
+    {
+        unseen_switch_in(t, now_ns());
+    }
+}
+
+/// A selected thread found on CPU with no switch-in seen: on CPU since it became runnable
+/// when that is known (its wait in the run queue, if any, counts as on CPU: the switch time
+/// is unknown, and the untraced switches seen are prompt), else from now.
+#[inline(always)]
+fn unseen_switch_in(t: *mut ThreadState, now: u64) {
+    end_offcpu(t, now);
+    // SAFETY: `t` points at this thread's live THREADS value.
+    unsafe {
+        if (*t).oncpu_since == 0 {
+            let since = core::mem::replace(&mut (*t).runnable_since, 0);
+            (*t).oncpu_since = if since != 0 { since } else { now };
+        }
+    }
 }
 
 /// The outgoing task's syscall in flight moves from this CPU's `ON_CPU` to its own slot, where
@@ -262,9 +322,9 @@ fn park_call(c: *mut OnCpu, tid: u32, state: u64) {
 }
 
 /// The incoming task becomes this CPU's `ON_CPU`, with its selection and any call it was in.
-/// Returns its service.
+/// `task` is its `task_struct` when a traced switch brings it in, else 0. Returns its service.
 #[inline(always)]
-fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32) -> u16 {
+fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32, task: u64) -> u16 {
     // The generation first: a selection change after this read bumps it again.
     let generation = selection_generation();
     let service = if tid == 0 {
@@ -285,10 +345,13 @@ fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32) -> u16 {
     // SAFETY: this CPU's element.
     unsafe {
         (*c).tid = tid;
+        (*c).tgid = tgid;
         (*c).service = u32::from(service);
         (*c).generation = generation;
         (*c).call = call;
         (*c).peer_set = 0;
+        (*c).task = task;
+        (*c).regs = 0;
     }
     service
 }

@@ -24,8 +24,8 @@ pub static PID_SERVICE: Array<[u16; 4]> = Array::with_max_entries(1, 0);
 pub static ON_CPU: PerCpuArray<OnCpu> = PerCpuArray::with_max_entries(1, 0);
 
 /// `[0]`: bumped after every change to `PID_SERVICE` (by the agent and by [`set_service`]); an
-/// [`OnCpu`] read at an older generation is re-read. Starts at 1 (set by the agent), so the
-/// zeroed `ON_CPU` of a CPU whose task has not switched since attach is re-read at once.
+/// [`OnCpu`] read at an older generation is re-read. Starts at 1 (set by the agent), so
+/// generation 0 marks an `ON_CPU` that names no task yet.
 #[map(name = "SELECTION_GEN")]
 pub static SELECTION_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
@@ -114,8 +114,10 @@ pub fn selection_generation() -> u64 {
     })
 }
 
-/// This CPU's running task and its service, re-read (one helper call) when the selection
-/// changed since `sched_switch` cached it.
+/// This CPU's `ON_CPU`, its selection re-read (from the cached tgid: no helper call) when the
+/// selection changed since it was cached. Whether it names the running task is the caller's
+/// to know: `sched_switch` checks its `prev`, the syscall probes use [`syscall_task`], and a
+/// socket call runs inside a syscall whose entry checked.
 #[inline(always)]
 pub fn on_cpu() -> Option<*mut OnCpu> {
     let c = ON_CPU.get_ptr_mut(0)?;
@@ -123,10 +125,30 @@ pub fn on_cpu() -> Option<*mut OnCpu> {
     // SAFETY: this CPU's element; the program runs with migration disabled.
     unsafe {
         if (*c).generation != generation {
-            let id = bpf_get_current_pid_tgid();
-            (*c).tid = id as u32;
-            (*c).service = u32::from(service_of((id >> 32) as u32));
+            (*c).service = u32::from(service_of((*c).tgid));
             (*c).generation = generation;
+        }
+    }
+    Some(c)
+}
+
+/// This CPU's `ON_CPU`, made to name the task in this syscall. `regs` (the syscall's
+/// `pt_regs`, at the top of the caller's own kernel stack) identifies the caller: when it is
+/// the one learnt at this task's last syscall, nothing more is needed. Otherwise — the first
+/// syscall since a switch, or a task the kernel switched to without `sched_switch` — one
+/// helper call asks who runs, and a task other than the cached one is taken over.
+#[inline(always)]
+pub fn syscall_task(regs: u64) -> Option<*mut OnCpu> {
+    let c = ON_CPU.get_ptr_mut(0)?;
+    // SAFETY: this CPU's element; the program runs with migration disabled.
+    unsafe {
+        if (*c).regs != regs {
+            let id = bpf_get_current_pid_tgid();
+            let (tid, tgid) = (id as u32, (id >> 32) as u32);
+            if (*c).tid != tid || (*c).tgid != tgid {
+                crate::sched::adopt(c, tid, tgid);
+            }
+            (*c).regs = regs;
         }
     }
     Some(c)

@@ -7,8 +7,10 @@
 //! The counts and errors stay exact; the histogram is of the timed calls (docs/probes.md).
 //!
 //! Two program pairs: `sys_enter`/`sys_exit` read the running task from `ON_CPU`, which
-//! `sched_switch` keeps, and keep the call in flight there; `*_alone` run without the scheduler
-//! group: a helper call for the pid and a per-thread slot.
+//! `sched_switch` keeps, and keep the call in flight there; they check it names the caller by
+//! the syscall's `pt_regs` pointer, a helper call only at a task's first syscall after a switch
+//! (`selection::syscall_task`). `*_alone` run without the scheduler group: a helper call for
+//! the pid and a per-thread slot.
 
 use agent_ebpf::{
     Counter, ErrnoKey, NO_SERVICE, SYSCALL_NR_SLOTS, SyscallKey, SyscallStats, hist, start,
@@ -21,7 +23,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 
-use crate::selection::{ON_CPU, count, on_cpu, service_of};
+use crate::selection::{ON_CPU, count, on_cpu, service_of, syscall_task};
 
 /// `BPF_F_NO_PREALLOC`: per-CPU hash values are allocated on first use, so memory follows the
 /// (service, syscall) pairs actually seen rather than `max_entries × CPUs × 1.3 KiB`.
@@ -80,7 +82,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sys_enter(ctx: &RawTracePointContext) -> Result<(), ()> {
-    let c = ON_CPU.get_ptr_mut(0).ok_or(())?;
+    let c = syscall_task(ctx.arg(0)).ok_or(())?;
     // SAFETY: this CPU's ON_CPU element; programs run with migration disabled.
     unsafe {
         if (*c).service != u32::from(NO_SERVICE) {
@@ -100,6 +102,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ()> {
+    syscall_task(ctx.arg(0)).ok_or(())?;
     let c = on_cpu().ok_or(())?;
     // SAFETY: as in sys_enter.
     let (service, packed) = unsafe { ((*c).service, core::mem::replace(&mut (*c).call, 0)) };

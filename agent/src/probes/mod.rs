@@ -183,8 +183,7 @@ impl Probes {
             .map_err(|e| ProbeError::Load(error_chain(&e)))?;
 
         sched::fill_syscall_classes(&mut ebpf)?;
-        // Generation 1: every CPU's zeroed ON_CPU (generation 0) is stale, so the first
-        // syscall on each CPU reads its selection.
+        // Generation 1: a zeroed ON_CPU (generation 0) is one that names no task yet.
         bump_generation(&mut ebpf)?;
         let calls = match ebpf.map(maps::SYSCALL_CALLS) {
             Some(aya::maps::Map::Array(data)) => syscalls::CallCounts::map(data, cpus, rows),
@@ -232,8 +231,11 @@ impl Probes {
                     missing.join(", ")
                 ))
             };
-            if group.name == "sched" && result.status == "attached" {
-                // From now on ON_CPU names the running task: the net probes may use it.
+            if group.name == "syscalls" && result.status == "attached" && programs == group.programs
+            {
+                // From now on ON_CPU names the running task — kept by sched_switch, checked at
+                // every syscall entry — so the socket probes, which run inside syscalls, may
+                // use it.
                 let mut kept: Array<&mut MapData, u32> = map_mut(&mut ebpf, maps::ON_CPU_KEPT)?;
                 kept.set(0, 1, 0).map_err(|e| ProbeError::MapWrite {
                     name: maps::ON_CPU_KEPT,
@@ -448,6 +450,7 @@ pub fn counter_name(counter: Counter) -> &'static str {
         Counter::ProcessesSelected => "processes_selected",
         Counter::DropSyscallOutsideTable => "syscall_outside_table",
         Counter::ProcessesReleased => "processes_released",
+        Counter::UntracedSwitch => "untraced_switches",
     }
 }
 
@@ -459,6 +462,7 @@ pub fn is_loss(counter: Counter) -> bool {
             | Counter::ExecMatched
             | Counter::ProcessesSelected
             | Counter::ProcessesReleased
+            | Counter::UntracedSwitch
     )
 }
 
