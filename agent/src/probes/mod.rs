@@ -310,8 +310,10 @@ impl Probes {
         } else if old != 0 && service == 0 {
             self.selected_by_agent -= 1;
         }
-        // A whole-element write: it can race with the kernel setting a neighbour pid at fork.
-        // The agent re-reads selection after start-up (see discovery) to repair such a race.
+        // A whole-element write: it can race with the kernel setting one of the three
+        // neighbouring pids at that instant (a fork or exec of a selected process), and the
+        // neighbour's change is then lost. Nothing repairs that yet; writing two bytes in place
+        // through a BPF_F_MMAPABLE mapping would close it.
         map.set(index, group, 0).map_err(write_err)?;
         // Then the generation, so CPUs that cached the old selection re-read it.
         bump_generation(&mut self.ebpf)
