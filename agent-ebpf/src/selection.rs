@@ -12,11 +12,15 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
 };
 
+/// `BPF_F_MMAPABLE`: the agent maps the array into its memory.
+pub const MMAPABLE: u32 = 1 << 10;
+
 /// Service id per tgid, four `u16`s per element: an array element is at least 8 bytes, so
 /// packing keeps the map at 2 bytes per possible pid (64 KiB for the default pid_max of 32768,
-/// 8 MiB for 4194304). Resized at load from `kernel.pid_max`; 1 is a placeholder.
+/// 8 MiB for 4194304). Resized at load from `kernel.pid_max`; 1 is a placeholder. Mappable, so
+/// the agent too writes a pid's two bytes in place, never the element around them.
 #[map(name = "PID_SERVICE")]
-pub static PID_SERVICE: Array<[u16; 4]> = Array::with_max_entries(1, 0);
+pub static PID_SERVICE: Array<[u16; 4]> = Array::with_max_entries(1, MMAPABLE);
 
 /// The running task per CPU: written by `sched_switch` at every switch, read by the syscall
 /// probes. Per-CPU, so nothing on the syscall path is shared.

@@ -23,13 +23,11 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 
-use crate::selection::{ON_CPU, count, on_cpu, service_of, syscall_task};
+use crate::selection::{MMAPABLE, ON_CPU, count, on_cpu, service_of, syscall_task};
 
 /// `BPF_F_NO_PREALLOC`: per-CPU hash values are allocated on first use, so memory follows the
 /// (service, syscall) pairs actually seen rather than `max_entries × CPUs × 1.3 KiB`.
 const NO_PREALLOC: u32 = 1;
-/// `BPF_F_MMAPABLE`: the agent reads the counts through a shared mapping, no syscall per entry.
-const MMAPABLE: u32 = 1 << 10;
 
 /// Packed syscall start per tid ([`start::pack`]), indexed by tid, resized at load from
 /// `kernel.pid_max`. With the scheduler group it holds only the calls of threads switched out
@@ -38,7 +36,7 @@ const MMAPABLE: u32 = 1 << 10;
 pub static SYSCALL_START: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Calls per (CPU, service, syscall): see [`syscall_calls_index`]. Sized at load to
-/// CPUs × (max_services + 1) × 512.
+/// CPUs × (max_services + 1) × 512. Mappable: the agent reads the counts without a syscall.
 #[map(name = "SYSCALL_CALLS")]
 static SYSCALL_CALLS: Array<u64> = Array::with_max_entries(1, MMAPABLE);
 

@@ -6,6 +6,7 @@
 
 pub mod btf;
 pub mod disk;
+mod mapping;
 pub mod net;
 pub mod privileges;
 pub mod sched;
@@ -140,6 +141,9 @@ pub struct Probes {
     selected_by_agent: i64,
     /// The syscall counts, mapped into the agent.
     calls: Option<syscalls::CallCounts>,
+    /// `PID_SERVICE`, mapped into the agent: a process's service is written as the two bytes
+    /// it is, never as the whole element it shares with three neighbouring pids.
+    pids: mapping::Mapping,
     /// The highest service id the agent handed to the kernel (rules and selections).
     max_service: u16,
 }
@@ -185,6 +189,20 @@ impl Probes {
         sched::fill_syscall_classes(&mut ebpf)?;
         // Generation 1: a zeroed ON_CPU (generation 0) is one that names no task yet.
         bump_generation(&mut ebpf)?;
+        let pids = match ebpf.map(maps::PID_SERVICE) {
+            Some(aya::maps::Map::Array(data)) => mapping::Mapping::new(
+                data,
+                maps::PID_SERVICE,
+                pid_max.div_ceil(4) as usize * size_of::<[u16; 4]>(),
+                true,
+            )?,
+            _ => {
+                return Err(ProbeError::Map {
+                    name: maps::PID_SERVICE,
+                    reason: "not an array in the object".into(),
+                });
+            }
+        };
         let calls = match ebpf.map(maps::SYSCALL_CALLS) {
             Some(aya::maps::Map::Array(data)) => syscalls::CallCounts::map(data, cpus, rows),
             _ => Err(ProbeError::Map {
@@ -258,6 +276,7 @@ impl Probes {
             pid_max,
             selected_by_agent: 0,
             calls: calls.ok(),
+            pids,
             max_service: 0,
         })
     }
@@ -282,51 +301,48 @@ impl Probes {
             .is_some_and(|s| s.status == "attached")
     }
 
-    /// Puts a process in a service (or takes it out with service 0).
+    /// Puts a process in a service (or takes it out with service 0): a two-byte store into the
+    /// shared mapping, so a neighbouring pid the kernel sets at the same instant (at a fork or
+    /// exec) keeps its value.
     pub fn set_service(&mut self, tgid: u32, service: u16) -> Result<(), ProbeError> {
-        if tgid >= self.pid_max {
-            return Err(ProbeError::MapWrite {
-                name: maps::PID_SERVICE,
-                reason: format!("pid {tgid} is not below kernel.pid_max {}", self.pid_max),
-            });
-        }
-        let mut map: Array<&mut MapData, [u16; 4]> = map_mut(&mut self.ebpf, maps::PID_SERVICE)?;
-        let index = tgid / 4;
-        let write_err = |e: aya::maps::MapError| ProbeError::MapWrite {
+        let slot = self.pid_slot(tgid).ok_or_else(|| ProbeError::MapWrite {
             name: maps::PID_SERVICE,
-            reason: e.to_string(),
-        };
-        let mut group = map.get(&index, 0).map_err(write_err)?;
+            reason: format!("pid {tgid} is not below kernel.pid_max {}", self.pid_max),
+        })?;
         self.max_service = self.max_service.max(service);
-        let old = group[(tgid % 4) as usize];
+        // SAFETY: an aligned u16 inside the mapping.
+        let old = unsafe { slot.read_volatile() };
         if old == service {
-            // Already so (the kernel applied a comm rule at exec, or a fork inherited it): no
-            // write, so no window in which to clobber a neighbour the kernel is setting.
+            // Already so (the kernel applied a comm rule at exec, or a fork inherited it).
             return Ok(());
         }
-        group[(tgid % 4) as usize] = service;
+        // SAFETY: as above; the kernel's programs store this pid's slot the same way.
+        unsafe { slot.write_volatile(service) };
         if old == 0 && service != 0 {
             self.selected_by_agent += 1;
         } else if old != 0 && service == 0 {
             self.selected_by_agent -= 1;
         }
-        // A whole-element write: it can race with the kernel setting one of the three
-        // neighbouring pids at that instant (a fork or exec of a selected process), and the
-        // neighbour's change is then lost. Nothing repairs that yet; writing two bytes in place
-        // through a BPF_F_MMAPABLE mapping would close it.
-        map.set(index, group, 0).map_err(write_err)?;
         // Then the generation, so CPUs that cached the old selection re-read it.
         bump_generation(&mut self.ebpf)
     }
 
     /// The service the kernel currently has for a tgid.
     pub fn service_of(&self, tgid: u32) -> Result<u16, ProbeError> {
-        let map: Array<&MapData, [u16; 4]> = map_ref(&self.ebpf, maps::PID_SERVICE)?;
-        let group = map.get(&(tgid / 4), 0).map_err(|e| ProbeError::MapRead {
+        let slot = self.pid_slot(tgid).ok_or_else(|| ProbeError::MapRead {
             name: maps::PID_SERVICE,
-            reason: e.to_string(),
+            reason: format!("pid {tgid} is not below kernel.pid_max {}", self.pid_max),
         })?;
-        Ok(group[(tgid % 4) as usize])
+        // SAFETY: an aligned u16 inside the mapping.
+        Ok(unsafe { slot.read_volatile() })
+    }
+
+    /// The two bytes of `PID_SERVICE` that hold `tgid`'s service.
+    fn pid_slot(&self, tgid: u32) -> Option<*mut u16> {
+        if tgid >= self.pid_max {
+            return None;
+        }
+        self.pids.element::<u16>(tgid as usize)
     }
 
     /// Records that a selected service listens on a TCP port (servers that were listening

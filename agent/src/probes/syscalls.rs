@@ -2,14 +2,14 @@
 //! mapping of `SYSCALL_CALLS`, no syscall per entry), errors by errno, and the latency of the
 //! timed calls, each summed over CPUs and cumulative since load.
 
-use std::{collections::HashMap, os::fd::AsFd as _, ptr::NonNull};
+use std::collections::HashMap;
 
 use agent_ebpf::{
     ErrnoKey, SYSCALL_NR_SLOTS, SyscallKey, SyscallStats, hist, maps, syscall_calls_index,
 };
 use aya::maps::{MapData, PerCpuHashMap};
 
-use super::{Probes, map_ref};
+use super::{Probes, map_ref, mapping::Mapping};
 use crate::error::ProbeError;
 
 /// One (service, syscall) pair's counters, summed over CPUs, cumulative since load.
@@ -48,45 +48,16 @@ pub struct Snapshot {
 
 /// `SYSCALL_CALLS` mapped read-only into the agent: `cpus` blocks of `rows` service rows.
 pub struct CallCounts {
-    base: NonNull<u64>,
-    len: usize,
+    mapping: Mapping,
     cpus: u32,
     rows: u32,
 }
 
-// SAFETY: the mapping is read-only shared memory owned by this value; reads are plain loads.
-unsafe impl Send for CallCounts {}
-// SAFETY: as above; nothing writes through the mapping.
-unsafe impl Sync for CallCounts {}
-
 impl CallCounts {
     pub fn map(map: &MapData, cpus: u32, rows: u32) -> Result<Self, ProbeError> {
         let len = cpus as usize * rows as usize * SYSCALL_NR_SLOTS as usize * 8;
-        // SAFETY: mapping a BPF array created with BPF_F_MMAPABLE, of exactly `len` bytes,
-        // read-only and shared; the kernel keeps the pages alive while mapped.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                std::os::fd::AsRawFd::as_raw_fd(&map.fd().as_fd()),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(ProbeError::Map {
-                name: maps::SYSCALL_CALLS,
-                reason: format!("mmap: {}", std::io::Error::last_os_error()),
-            });
-        }
-        let base = NonNull::new(ptr.cast::<u64>()).ok_or(ProbeError::Map {
-            name: maps::SYSCALL_CALLS,
-            reason: "mmap returned null".into(),
-        })?;
         Ok(Self {
-            base,
-            len,
+            mapping: Mapping::new(map, maps::SYSCALL_CALLS, len, false)?,
             cpus,
             rows,
         })
@@ -96,22 +67,16 @@ impl CallCounts {
     fn service(&self, service: u32) -> impl Iterator<Item = (u32, u64)> + '_ {
         (0..SYSCALL_NR_SLOTS).filter_map(move |nr| {
             let total: u64 = (0..self.cpus)
-                .map(|cpu| {
+                .filter_map(|cpu| {
                     let i = syscall_calls_index(cpu, self.rows, service, nr) as usize;
-                    // SAFETY: `i` is inside the mapping (service < rows, cpu < cpus); the
-                    // kernel writes aligned u64s, so a volatile load sees a whole value.
-                    unsafe { self.base.as_ptr().add(i).read_volatile() }
+                    let n = self.mapping.element::<u64>(i)?;
+                    // SAFETY: an element inside the mapping; the kernel writes aligned u64s,
+                    // so a volatile load sees a whole value.
+                    Some(unsafe { n.read_volatile() })
                 })
                 .sum();
             (total > 0).then_some((nr, total))
         })
-    }
-}
-
-impl Drop for CallCounts {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
     }
 }
 
