@@ -79,6 +79,8 @@ pub struct Prometheus {
     pub port: u16,
     child: Option<Child>,
     args: Vec<String>,
+    /// Its stderr, in the test's own directory (removed with it).
+    log: PathBuf,
 }
 
 pub const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -118,6 +120,7 @@ impl Prometheus {
             port,
             child: None,
             args,
+            log: dir.join("prometheus.log"),
         };
         p.restart();
         p
@@ -126,8 +129,7 @@ impl Prometheus {
     /// Starts (again) on the same port and storage; waits until it is ready.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "Prometheus is already running");
-        let log = std::fs::File::create(format!("/tmp/crmprof-test-prometheus-{}.log", self.port))
-            .expect("creating the Prometheus log");
+        let log = std::fs::File::create(&self.log).expect("creating the Prometheus log");
         let child = Command::new(PROMETHEUS)
             .args(&self.args)
             .stdout(Stdio::null())
