@@ -3,7 +3,7 @@
 
 use std::{os::fd::AsFd as _, ptr::NonNull};
 
-use aya::maps::MapData;
+use aya::{Ebpf, maps::Map};
 
 use crate::error::ProbeError;
 
@@ -19,13 +19,20 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps the first `len` bytes of `map` (`name` for errors), writable when `writable`.
-    pub fn new(
-        map: &MapData,
+    /// Maps the first `len` bytes of the array `name` of the loaded object, writable when
+    /// `writable`.
+    pub fn array(
+        ebpf: &Ebpf,
         name: &'static str,
         len: usize,
         writable: bool,
     ) -> Result<Self, ProbeError> {
+        let Some(Map::Array(map)) = ebpf.map(name) else {
+            return Err(ProbeError::Map {
+                name,
+                reason: "not an array in the object".into(),
+            });
+        };
         let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {

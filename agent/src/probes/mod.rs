@@ -189,27 +189,13 @@ impl Probes {
         sched::fill_syscall_classes(&mut ebpf)?;
         // Generation 1: a zeroed ON_CPU (generation 0) is one that names no task yet.
         bump_generation(&mut ebpf)?;
-        let pids = match ebpf.map(maps::PID_SERVICE) {
-            Some(aya::maps::Map::Array(data)) => mapping::Mapping::new(
-                data,
-                maps::PID_SERVICE,
-                pid_max.div_ceil(4) as usize * size_of::<[u16; 4]>(),
-                true,
-            )?,
-            _ => {
-                return Err(ProbeError::Map {
-                    name: maps::PID_SERVICE,
-                    reason: "not an array in the object".into(),
-                });
-            }
-        };
-        let calls = match ebpf.map(maps::SYSCALL_CALLS) {
-            Some(aya::maps::Map::Array(data)) => syscalls::CallCounts::map(data, cpus, rows),
-            _ => Err(ProbeError::Map {
-                name: maps::SYSCALL_CALLS,
-                reason: "not an array in the object".into(),
-            }),
-        };
+        let pids = mapping::Mapping::array(
+            &ebpf,
+            maps::PID_SERVICE,
+            pid_max.div_ceil(4) as usize * size_of::<[u16; 4]>(),
+            true,
+        )?;
+        let calls = syscalls::CallCounts::map(&ebpf, cpus, rows);
         let mut status: BTreeMap<&'static str, GroupStatus> = BTreeMap::new();
         for group in GROUPS {
             if opts.disabled.iter().any(|d| d == group.name) {

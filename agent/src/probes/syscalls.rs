@@ -7,7 +7,10 @@ use std::collections::HashMap;
 use agent_ebpf::{
     ErrnoKey, SYSCALL_NR_SLOTS, SyscallKey, SyscallStats, hist, maps, syscall_calls_index,
 };
-use aya::maps::{MapData, PerCpuHashMap};
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuHashMap},
+};
 
 use super::{Probes, map_ref, mapping::Mapping};
 use crate::error::ProbeError;
@@ -54,10 +57,10 @@ pub struct CallCounts {
 }
 
 impl CallCounts {
-    pub fn map(map: &MapData, cpus: u32, rows: u32) -> Result<Self, ProbeError> {
+    pub fn map(ebpf: &Ebpf, cpus: u32, rows: u32) -> Result<Self, ProbeError> {
         let len = cpus as usize * rows as usize * SYSCALL_NR_SLOTS as usize * 8;
         Ok(Self {
-            mapping: Mapping::new(map, maps::SYSCALL_CALLS, len, false)?,
+            mapping: Mapping::array(ebpf, maps::SYSCALL_CALLS, len, false)?,
             cpus,
             rows,
         })
