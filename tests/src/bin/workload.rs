@@ -3,7 +3,8 @@
 //! (or move it into a cgroup) in between and count only what follows.
 //!
 //! usage: workload [--wait] MODE ARGS...
-//!   sleep N MICROS            N clock_nanosleep calls
+//!   sleep N MICROS            N clock_nanosleep calls; prints the voluntary and involuntary
+//!                             switches the kernel counted during them
 //!   fail-open N               N openat calls failing with ENOENT
 //!   spin CPU_MILLIS THREADS   each thread burns CPU_MILLIS of its own CPU time
 //!   spin-wall MILLIS THREADS  each thread spins for MILLIS of wall time
@@ -73,12 +74,17 @@ fn run(args: &[String]) -> Result<(), String> {
                 tv_sec: (micros / 1_000_000) as libc::time_t,
                 tv_nsec: ((micros % 1_000_000) * 1_000) as libc::c_long,
             };
+            let before = switches();
             for _ in 0..n {
                 // SAFETY: a valid timespec; a null remainder is allowed.
                 unsafe {
                     libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &ts, std::ptr::null_mut())
                 };
             }
+            let after = switches();
+            // The kernel's own count: a sleep whose timer fires before the thread gets to
+            // block (a short sleep, a vCPU stalled by its host) returns without a switch.
+            println!("{} {}", after.0 - before.0, after.1 - before.1);
         }
         "fail-open" => {
             let n = num(args, 1)?;
@@ -234,6 +240,15 @@ fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// Runs `work` on `n` threads, the main thread being one of them.
+/// This thread's voluntary and involuntary context switches so far (`getrusage`).
+fn switches() -> (i64, i64) {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    (usage.ru_nvcsw, usage.ru_nivcsw)
+}
+
 fn in_threads(n: u64, work: impl Fn() + Send + Sync + 'static) {
     let work = Arc::new(work);
     let handles: Vec<_> = (1..n.max(1))
