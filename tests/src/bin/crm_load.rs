@@ -1,14 +1,16 @@
 //! Throughput and tail latency of real CRM servers with and without crmprof profiling them:
 //! the realistic half of `cargo xtask bench`.
 //!
-//! usage: crm-load CRMPROF ROUNDS SECONDS
+//! usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...]
 //!
 //! Starts nginx (serving a 16 KiB page), PostgreSQL and Redis on loopback, then per round runs
-//! every load — wrk on nginx, pgbench select-only and TPC-B-like, redis-benchmark GET/SET —
-//! three ways, in an order that rotates each round: without probes, with only the empty floor
-//! programs (`crmprof bench-floor`), and with `crmprof run` (auto-discovery: every server and
-//! load generator is a profiled service). Prints one JSON line per run:
-//! `{"load":…,"config":"without|floor|crmprof","round":…,"throughput":…,"p99_ms":…}`.
+//! every load (or the ones named) — wrk on nginx, pgbench select-only and TPC-B-like,
+//! redis-benchmark GET/SET — four ways, in an order that rotates each round: without probes
+//! (`without`), with only the empty floor programs (`floor`, `crmprof bench-floor`), with
+//! `crmprof run` profiling the three servers as configured services (`crmprof`: the load
+//! generators stand in for clients on other hosts), and with `crmprof run`'s auto-discovery,
+//! which profiles the load generators too (`crmprof-auto`). Prints one JSON line per run:
+//! `{"load":…,"config":…,"round":…,"throughput":…,"p99_ms":…}`.
 #![expect(
     clippy::expect_used,
     reason = "a bench driver: a failure is a message and exit"
@@ -24,7 +26,13 @@ use integration_tests::{
     servers::{self, Server},
 };
 
-const CONFIGS: [&str; 3] = ["without", "floor", "crmprof"];
+const CONFIGS: [&str; 4] = ["without", "floor", "crmprof", "crmprof-auto"];
+const LOADS: [&str; 4] = [
+    "nginx-wrk",
+    "pgbench-select",
+    "pgbench-tpcb",
+    "redis-get-set",
+];
 
 struct Loads {
     dir: PathBuf,
@@ -43,10 +51,25 @@ struct Run {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [crmprof, rounds, seconds] = args.as_slice() else {
-        eprintln!("usage: crm-load CRMPROF ROUNDS SECONDS");
-        std::process::exit(2);
+    let (crmprof, rounds, seconds, only) = match args.as_slice() {
+        [crmprof, rounds, seconds] => (crmprof, rounds, seconds, None),
+        [crmprof, rounds, seconds, only] => (crmprof, rounds, seconds, Some(only)),
+        _ => {
+            eprintln!("usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...]");
+            std::process::exit(2);
+        }
     };
+    let names: Vec<&str> = match only {
+        None => LOADS.to_vec(),
+        Some(only) => only.split(',').collect(),
+    };
+    if let Some(unknown) = names.iter().find(|n| !LOADS.contains(n)) {
+        eprintln!(
+            "crm-load: unknown load {unknown:?}; the loads are {}",
+            LOADS.join(", ")
+        );
+        std::process::exit(2);
+    }
     let crmprof = PathBuf::from(crmprof);
     let rounds: usize = rounds.parse().expect("ROUNDS is a number");
     let seconds: u64 = seconds.parse().expect("SECONDS is a number");
@@ -65,12 +88,6 @@ fn main() {
     };
     loads.init_pgbench();
 
-    let names = [
-        "nginx-wrk",
-        "pgbench-select",
-        "pgbench-tpcb",
-        "redis-get-set",
-    ];
     for round in 0..rounds {
         for (i, load) in names.iter().enumerate() {
             let mut order = CONFIGS;
@@ -94,6 +111,13 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The `crmprof` configuration's services: the three servers (PostgreSQL's backends are
+/// children of the postmaster and join it), nothing discovered.
+const SERVERS_ONLY: &str = "[discovery]\nauto = false\n\
+    [[service]]\nname = \"nginx\"\ncomm = \"nginx\"\n\
+    [[service]]\nname = \"postgresql\"\ncomm = \"postgres\"\n\
+    [[service]]\nname = \"redis\"\ncomm = \"redis-server\"\n";
+
 /// crmprof for one run: the floor programs or `crmprof run`, started and waited for as the
 /// tests do ([`Agent`]); `None` for the run without probes.
 fn start_tracer(crmprof: &Path, config: &str, dir: &Path) -> Option<Agent> {
@@ -102,16 +126,16 @@ fn start_tracer(crmprof: &Path, config: &str, dir: &Path) -> Option<Agent> {
         "floor" => {
             cmd.arg("bench-floor");
         }
-        "crmprof" => {
-            let conf = dir.join("crmprof.toml");
-            std::fs::write(
-                &conf,
-                format!(
-                    "data_dir = \"{}\"\n[export.prometheus]\nenabled = false\n",
-                    dir.join("data").display()
-                ),
-            )
-            .expect("writing crmprof.toml");
+        "crmprof" | "crmprof-auto" => {
+            let conf = dir.join(format!("{config}.toml"));
+            let mut text = format!(
+                "data_dir = \"{}\"\n[export.prometheus]\nenabled = false\n",
+                dir.join("data").display()
+            );
+            if config == "crmprof" {
+                text.push_str(SERVERS_ONLY);
+            }
+            std::fs::write(&conf, text).expect("writing the crmprof config");
             cmd.args(["-v", "run", "--quiet", "--config"]).arg(&conf);
         }
         _ => return None,

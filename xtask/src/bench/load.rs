@@ -1,7 +1,8 @@
 //! Realistic CRM loads: throughput and p99 latency of nginx, PostgreSQL and Redis under their
-//! usual load generators, without probes, with the empty floor programs, and with `crmprof
-//! run` profiling every one of them. The runs themselves are `crm-load` (tests/src/bin), which
-//! starts the servers and interleaves the configurations round by round.
+//! usual load generators, without probes, with the empty floor programs, with `crmprof run`
+//! profiling the three servers, and with its auto-discovery profiling the load generators too.
+//! The runs themselves are `crm-load` (tests/src/bin), which starts the servers and interleaves
+//! the configurations round by round.
 
 use std::{collections::BTreeMap, fmt::Write as _, path::Path, process::Command};
 
@@ -31,7 +32,7 @@ const LOADS: [(&str, &str); 4] = [
         "Redis, redis-benchmark GET and SET, 50 clients",
     ),
 ];
-const CONFIGS: [&str; 3] = ["without", "floor", "crmprof"];
+const CONFIGS: [&str; 4] = ["without", "floor", "crmprof", "crmprof-auto"];
 
 /// (load, config) → per-round (throughput, p99 ms).
 type Runs = BTreeMap<(String, String), Vec<(f64, f64)>>;
@@ -80,46 +81,71 @@ pub fn measure(
     Ok(report(&runs, rounds, seconds))
 }
 
+/// The median over rounds of a configuration's figure divided by the same round's figure
+/// without probes: pairing runs from one round cancels the drift between rounds.
+fn paired_ratio(runs: &Runs, load: &str, config: &str, figure: fn(&(f64, f64)) -> f64) -> f64 {
+    let of = |c: &str| runs.get(&(load.to_owned(), c.to_owned()));
+    let (Some(with), Some(without)) = (of(config), of("without")) else {
+        return 0.0;
+    };
+    let ratios: Vec<f64> = with
+        .iter()
+        .zip(without)
+        .map(|(w, o)| figure(w) / figure(o).max(1e-9))
+        .collect();
+    stats(&ratios).1
+}
+
 fn report(runs: &Runs, rounds: usize, seconds: u64) -> Report {
     let mut md = String::new();
     let mut missed = Vec::new();
     let _ = writeln!(md, "## Realistic CRM loads\n");
     let _ = writeln!(
         md,
-        "Each load for {seconds} s under three configurations — no probes, the empty floor \
-         programs, `crmprof run` with auto-discovery profiling every server and load generator \
-         — {rounds} rounds, the order rotated each round. Servers and load generators share \
-         the machine's CPUs. Medians (min–max); ratios are the medians' ratio to the run \
-         without probes.\n"
+        "Each load for {seconds} s under four configurations — no probes, the empty floor \
+         programs, `crmprof run` profiling the three servers as configured services (the load \
+         generators stand in for clients on other hosts), and `crmprof run` with \
+         auto-discovery, which profiles the load generators too — {rounds} rounds, the order \
+         rotated each round. Servers and load generators share the machine's CPUs. Figures are \
+         medians (min–max); each ratio is the median over rounds of that round's run divided \
+         by the same round's run without probes. The targets apply to `crmprof`.\n"
     );
     let _ = writeln!(
         md,
         "| load | throughput without | floor | crmprof | crmprof ÷ without | floor ÷ without | \
-         p99 ms without | crmprof | p99 ratio |"
+         auto ÷ without | p99 ms without | crmprof | p99 ratio | auto p99 ratio |"
     );
     let _ = writeln!(
         md,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
+    let throughput = |r: &(f64, f64)| r.0;
+    let p99 = |r: &(f64, f64)| r.1;
     for (load, what) in LOADS {
-        let get = |config: &str, i: usize| -> Vec<f64> {
+        let get = |config: &str, figure: fn(&(f64, f64)) -> f64| -> Vec<f64> {
             runs.get(&(load.to_owned(), config.to_owned()))
-                .map(|v| v.iter().map(|r| if i == 0 { r.0 } else { r.1 }).collect())
+                .map(|v| v.iter().map(figure).collect())
                 .unwrap_or_default()
         };
+        if get("without", throughput).is_empty() {
+            continue;
+        }
         let (t_without, t_floor, t_crm) = (
-            stats(&get("without", 0)),
-            stats(&get("floor", 0)),
-            stats(&get("crmprof", 0)),
+            stats(&get("without", throughput)),
+            stats(&get("floor", throughput)),
+            stats(&get("crmprof", throughput)),
         );
-        let (p_without, p_crm) = (stats(&get("without", 1)), stats(&get("crmprof", 1)));
-        let ratio = t_crm.1 / t_without.1.max(1e-9);
-        let floor_ratio = t_floor.1 / t_without.1.max(1e-9);
-        let p99_ratio = p_crm.1 / p_without.1.max(1e-9);
+        let (p_without, p_crm) = (stats(&get("without", p99)), stats(&get("crmprof", p99)));
+        let ratio = paired_ratio(runs, load, "crmprof", throughput);
+        let floor_ratio = paired_ratio(runs, load, "floor", throughput);
+        let auto_ratio = paired_ratio(runs, load, "crmprof-auto", throughput);
+        let p99_ratio = paired_ratio(runs, load, "crmprof", p99);
+        let auto_p99_ratio = paired_ratio(runs, load, "crmprof-auto", p99);
         let range = |s: (f64, f64, f64)| format!("{:.0} ({:.0}–{:.0})", s.1, s.0, s.2);
         let _ = writeln!(
             md,
-            "| {what} | {} | {} | {} | {ratio:.3} | {floor_ratio:.3} | {:.2} | {:.2} | {p99_ratio:.2} |",
+            "| {what} | {} | {} | {} | {ratio:.3} | {floor_ratio:.3} | {auto_ratio:.3} | {:.2} | \
+             {:.2} | {p99_ratio:.2} | {auto_p99_ratio:.2} |",
             range(t_without),
             range(t_floor),
             range(t_crm),
