@@ -421,6 +421,10 @@ pub struct Offsets {
     pub rq_part: u32,
     /// `struct block_device.bd_dev`.
     pub bdev_dev: u32,
+    /// `struct pt_regs` fields: `ax` holds -ENOSYS while the task is inside a syscall,
+    /// `orig_ax` the syscall's number.
+    pub regs_ax: u32,
+    pub regs_orig_ax: u32,
     pub _pad: u32,
 }
 

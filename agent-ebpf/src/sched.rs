@@ -12,14 +12,16 @@ use agent_ebpf::{
     syscall_class,
 };
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs},
     macros::{map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 
 use crate::{
-    selection::{ON_CPU, count, offsets, on_cpu, read_field, selection_generation, service_of},
+    selection::{
+        ON_CPU, count, offsets, on_cpu, on_cpu_kept, read_field, selection_generation, service_of,
+    },
     syscalls::SYSCALL_START,
 };
 
@@ -117,15 +119,22 @@ pub fn thread_of(tid: u32, service: u32) -> Option<*mut ThreadState> {
 fn reason(tid: u32, state: u64, t: *const ThreadState) -> u32 {
     let d_state = state & TASK_UNINTERRUPTIBLE != 0;
     let packed = SYSCALL_START.get(tid).copied().unwrap_or(0);
-    if packed == 0 {
+    let nr = if packed != 0 {
+        Some((packed & start::NR_MASK) as u32)
+    } else if !on_cpu_kept() {
+        // The syscall probes are not attached: ask the task's saved registers.
+        blocked_syscall()
+    } else {
+        None
+    };
+    let Some(nr) = nr else {
         // Not in a syscall: a D-state sleep is a page fault or reclaim.
         return if d_state {
             offcpu::MEMORY
         } else {
             offcpu::OTHER
         } as u32;
-    }
-    let nr = (packed & start::NR_MASK) as u32;
+    };
     let class = SYSCALL_CLASS
         .get(nr)
         .copied()
@@ -145,6 +154,29 @@ fn reason(tid: u32, state: u64, t: *const ThreadState) -> u32 {
         _ if d_state => offcpu::DISK,
         _ => offcpu::OTHER,
     }) as u32
+}
+
+/// The syscall the current task (sched_switch runs as the outgoing task) is blocking in, from
+/// the registers its syscall entry saved: `orig_ax` is the number, and `ax` still holds the
+/// -ENOSYS the entry put there until the call returns. A page fault also saves registers, but
+/// `ax` is then the task's own. Two helper calls and two reads, once per blocking switch of a
+/// selected thread, and only while the syscall probes are not attached.
+#[inline(always)]
+fn blocked_syscall() -> Option<u32> {
+    const ENOSYS: u64 = 38;
+    let o = offsets();
+    // u32::MAX: a field this kernel lacks.
+    if o.regs_ax == u32::MAX || o.regs_orig_ax == u32::MAX {
+        return None;
+    }
+    // SAFETY: both helpers take no arguments but the task pointer the first returns.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    if regs.is_null() {
+        return None;
+    }
+    let ax: u64 = read_field(regs, o.regs_ax).ok()?;
+    let nr: u64 = read_field(regs, o.regs_orig_ax).ok()?;
+    (ax == ENOSYS.wrapping_neg() && nr < 512).then_some(nr as u32)
 }
 
 /// Whether the thread's last socket operation was a send to an outbound peer (a remote port

@@ -65,6 +65,8 @@ static OFFSETS: Offsets = Offsets {
     rq_cmd_flags: 0,
     rq_part: 0,
     bdev_dev: 0,
+    regs_ax: 0,
+    regs_orig_ax: 0,
     _pad: 0,
 };
 

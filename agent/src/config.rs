@@ -35,7 +35,8 @@ pub struct Config {
     pub syscall_sample: u32,
     /// Probe groups not to load (`process`, `sched`, `syscalls`, `net`, `disk`): each is
     /// reported as disabled. Without `sched`, the syscall probes look the task up per call,
-    /// which costs more per syscall (docs/probes.md).
+    /// which costs more per syscall; without `syscalls`, nothing runs per syscall and waits are
+    /// still classified, but syscall counts and errors are not collected (docs/probes.md).
     pub disable_groups: Vec<String>,
     /// Kernel BTF to read struct offsets from.
     pub btf_path: PathBuf,

@@ -24,8 +24,14 @@ fn tag(prefix: &str) -> String {
 /// Profiles `names` while `run` drives the workload, and returns the profile. Each scenario's
 /// truth assumes the host is otherwise idle, so it first waits (up to a minute) for that.
 fn profile(names: &[&str], run: impl FnOnce()) -> Value {
+    profile_with(&[], names, run)
+}
+
+/// As [`profile`], with more arguments for the agent (a `--config`).
+fn profile_with(extra: &[&str], names: &[&str], run: impl FnOnce()) -> Value {
     wait_for_quiet_cpu(0.15, Duration::from_secs(60));
     let mut args = vec!["profile", "--duration", "60s"];
+    args.extend_from_slice(extra);
     for n in names {
         args.push("--comm");
         args.push(n);
@@ -251,6 +257,75 @@ fn scenario_suite() {
             wrong.push(format!("{} ({}): {:#}", o.scenario, o.service, o.verdict));
         }
     }
+    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+}
+
+/// With the syscall probes disabled (the cheapest configuration: no per-syscall cost for any
+/// process on the host), the scheduler probes still tell why a thread waits — from the
+/// registers its syscall entry saved — so lock, sleep and downstream verdicts stay right.
+#[test]
+fn wait_reasons_without_the_syscall_probes() {
+    if !privileged("wait_reasons_without_the_syscall_probes") {
+        return;
+    }
+    let scratch = Scratch::new("verdicts-nosys");
+    let config = scratch.0.join("crmprof.toml");
+    std::fs::write(&config, "disable_groups = [\"syscalls\"]\n").expect("writing the config");
+    let extra = ["--config", config.to_str().expect("UTF-8")];
+    let mut outcomes = Vec::new();
+
+    let name = tag("nmx");
+    let doc = profile_with(&extra, &[&name], || {
+        Workload::start(&scratch, &name, false, &["mutex", "3000", "6"]).wait_success();
+    });
+    assert_eq!(
+        doc["agent"]["probes"]["syscalls"]["status"], "disabled",
+        "{:#}",
+        doc["agent"]["probes"]
+    );
+    outcomes.push(outcome(
+        &doc,
+        "mutex contention",
+        &name,
+        ("software", "lock"),
+    ));
+
+    let (srv, cli) = (tag("nsv"), tag("ncl"));
+    let doc = profile_with(&extra, &[&srv, &cli], || {
+        let mut server = Workload::start(
+            &scratch,
+            &srv,
+            false,
+            &["slow-server", "127.0.0.1:0", "25", "120"],
+        );
+        let port = server.read_line();
+        Workload::start(
+            &scratch,
+            &cli,
+            false,
+            &["slow-client", &format!("127.0.0.1:{port}"), "120"],
+        )
+        .wait_success();
+        server.wait_success();
+    });
+    outcomes.push(outcome(
+        &doc,
+        "client of a slow server",
+        &cli,
+        ("software", "downstream"),
+    ));
+    outcomes.push(outcome(&doc, "slow server", &srv, ("software", "sleep")));
+
+    let wrong: Vec<String> = outcomes
+        .iter()
+        .filter(|o| {
+            (
+                o.verdict["class"].as_str().unwrap_or("?"),
+                o.verdict["resource"].as_str().unwrap_or("?"),
+            ) != o.expected
+        })
+        .map(|o| format!("{} ({}): {:#}", o.scenario, o.service, o.verdict))
+        .collect();
     assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
 }
 

@@ -37,6 +37,8 @@ pub fn offsets(path: &Path) -> Result<Offsets, ProbeError> {
         rq_cmd_flags: optional("request", "cmd_flags"),
         rq_part: optional("request", "part"),
         bdev_dev: optional("block_device", "bd_dev"),
+        regs_ax: optional("pt_regs", "ax"),
+        regs_orig_ax: optional("pt_regs", "orig_ax"),
         _pad: 0,
     })
 }

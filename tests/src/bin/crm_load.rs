@@ -5,11 +5,12 @@
 //!
 //! Starts nginx (serving a 16 KiB page), PostgreSQL and Redis on loopback, then per round runs
 //! every load (or the ones named) — wrk on nginx, pgbench select-only and TPC-B-like,
-//! redis-benchmark GET/SET — four ways, in an order that rotates each round: without probes
+//! redis-benchmark GET/SET — five ways, in an order that rotates each round: without probes
 //! (`without`), with only the empty floor programs (`floor`, `crmprof bench-floor`), with
 //! `crmprof run` profiling the three servers as configured services (`crmprof`: the load
-//! generators stand in for clients on other hosts), and with `crmprof run`'s auto-discovery,
-//! which profiles the load generators too (`crmprof-auto`). Prints one JSON line per run:
+//! generators stand in for clients on other hosts), with `crmprof run`'s auto-discovery,
+//! which profiles the load generators too (`crmprof-auto`), and profiling the servers without
+//! the syscall probes (`crmprof-nosys`: no per-syscall cost). Prints one JSON line per run:
 //! `{"load":…,"config":…,"round":…,"throughput":…,"p99_ms":…}`.
 #![expect(
     clippy::expect_used,
@@ -26,7 +27,13 @@ use integration_tests::{
     servers::{self, Server},
 };
 
-const CONFIGS: [&str; 4] = ["without", "floor", "crmprof", "crmprof-auto"];
+const CONFIGS: [&str; 5] = [
+    "without",
+    "floor",
+    "crmprof",
+    "crmprof-auto",
+    "crmprof-nosys",
+];
 const LOADS: [&str; 4] = [
     "nginx-wrk",
     "pgbench-select",
@@ -126,13 +133,16 @@ fn start_tracer(crmprof: &Path, config: &str, dir: &Path) -> Option<Agent> {
         "floor" => {
             cmd.arg("bench-floor");
         }
-        "crmprof" | "crmprof-auto" => {
+        "crmprof" | "crmprof-auto" | "crmprof-nosys" => {
             let conf = dir.join(format!("{config}.toml"));
             let mut text = format!(
                 "data_dir = \"{}\"\n[export.prometheus]\nenabled = false\n",
                 dir.join("data").display()
             );
-            if config == "crmprof" {
+            if config == "crmprof-nosys" {
+                text.insert_str(0, "disable_groups = [\"syscalls\"]\n");
+            }
+            if config != "crmprof-auto" {
                 text.push_str(SERVERS_ONLY);
             }
             std::fs::write(&conf, text).expect("writing the crmprof config");

@@ -1,6 +1,7 @@
 //! Realistic CRM loads: throughput and p99 latency of nginx, PostgreSQL and Redis under their
 //! usual load generators, without probes, with the empty floor programs, with `crmprof run`
-//! profiling the three servers, and with its auto-discovery profiling the load generators too.
+//! profiling the three servers, with its auto-discovery profiling the load generators too, and
+//! profiling the servers without the syscall probes.
 //! The runs themselves are `crm-load` (tests/src/bin), which starts the servers and interleaves
 //! the configurations round by round.
 
@@ -32,7 +33,13 @@ const LOADS: [(&str, &str); 4] = [
         "Redis, redis-benchmark GET and SET, 50 clients",
     ),
 ];
-const CONFIGS: [&str; 4] = ["without", "floor", "crmprof", "crmprof-auto"];
+const CONFIGS: [&str; 5] = [
+    "without",
+    "floor",
+    "crmprof",
+    "crmprof-auto",
+    "crmprof-nosys",
+];
 
 /// (load, config) → per-round (throughput, p99 ms).
 type Runs = BTreeMap<(String, String), Vec<(f64, f64)>>;
@@ -102,10 +109,13 @@ fn report(runs: &Runs, rounds: usize, seconds: u64) -> Report {
     let _ = writeln!(md, "## Realistic CRM loads\n");
     let _ = writeln!(
         md,
-        "Each load for {seconds} s under four configurations — no probes, the empty floor \
+        "Each load for {seconds} s under five configurations — no probes, the empty floor \
          programs, `crmprof run` profiling the three servers as configured services (the load \
-         generators stand in for clients on other hosts), and `crmprof run` with \
-         auto-discovery, which profiles the load generators too — {rounds} rounds, the order \
+         generators stand in for clients on other hosts), `crmprof run` with auto-discovery, \
+         which profiles the load generators too (*auto*), and the servers profiled with \
+         `disable_groups = [\"syscalls\"]` (*no syscalls*: no per-syscall cost on the host; \
+         wait reasons still classified, syscall counts and errors not collected) — {rounds} \
+         rounds, the order \
          rotated each round. Servers and load generators share the machine's CPUs. Figures are \
          medians (min–max); each ratio is the median over rounds of that round's run divided \
          by the same round's run without probes. The targets apply to `crmprof`.\n"
@@ -113,11 +123,12 @@ fn report(runs: &Runs, rounds: usize, seconds: u64) -> Report {
     let _ = writeln!(
         md,
         "| load | throughput without | floor | crmprof | crmprof ÷ without | floor ÷ without | \
-         auto ÷ without | p99 ms without | crmprof | p99 ratio | auto p99 ratio |"
+         auto ÷ without | no syscalls ÷ without | p99 ms without | crmprof | p99 ratio | auto \
+         p99 ratio | no syscalls p99 ratio |"
     );
     let _ = writeln!(
         md,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     let throughput = |r: &(f64, f64)| r.0;
     let p99 = |r: &(f64, f64)| r.1;
@@ -141,11 +152,14 @@ fn report(runs: &Runs, rounds: usize, seconds: u64) -> Report {
         let auto_ratio = paired_ratio(runs, load, "crmprof-auto", throughput);
         let p99_ratio = paired_ratio(runs, load, "crmprof", p99);
         let auto_p99_ratio = paired_ratio(runs, load, "crmprof-auto", p99);
+        let lean_ratio = paired_ratio(runs, load, "crmprof-nosys", throughput);
+        let lean_p99_ratio = paired_ratio(runs, load, "crmprof-nosys", p99);
         let range = |s: (f64, f64, f64)| format!("{:.0} ({:.0}–{:.0})", s.1, s.0, s.2);
         let _ = writeln!(
             md,
-            "| {what} | {} | {} | {} | {ratio:.3} | {floor_ratio:.3} | {auto_ratio:.3} | {:.2} | \
-             {:.2} | {p99_ratio:.2} | {auto_p99_ratio:.2} |",
+            "| {what} | {} | {} | {} | {ratio:.3} | {floor_ratio:.3} | {auto_ratio:.3} | \
+             {lean_ratio:.3} | {:.2} | {:.2} | {p99_ratio:.2} | {auto_p99_ratio:.2} | \
+             {lean_p99_ratio:.2} |",
             range(t_without),
             range(t_floor),
             range(t_crm),
