@@ -33,8 +33,9 @@ pub static ON_CPU: PerCpuArray<OnCpu> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SELECTION_GEN")]
 pub static SELECTION_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
-/// `[0]`: 1 once `sched_switch` is attached (set by the agent), so `ON_CPU` names the
-/// running task.
+/// `[0]`: 1 once the syscall probes are attached alongside `sched_switch` (set by the agent):
+/// `ON_CPU` then names the running task and its syscall in flight. While 0, `sched_switch`
+/// reads a blocking thread's syscall from its saved registers instead.
 #[map(name = "ON_CPU_KEPT")]
 static ON_CPU_KEPT: Array<u32> = Array::with_max_entries(1, 0);
 
