@@ -73,6 +73,7 @@ pub mod programs {
     pub const PROCESS_EXEC: &str = "sched_process_exec";
     pub const PROCESS_EXIT: &str = "sched_process_exit";
     pub const SCHED_SWITCH: &str = "sched_switch";
+    pub const SCHED_SWITCH_PLAIN: &str = "sched_switch_plain";
     pub const SCHED_WAKEUP: &str = "sched_wakeup";
     pub const SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
     pub const SOCK_SEND: &str = "sock_send_length";

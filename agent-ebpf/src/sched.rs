@@ -116,12 +116,12 @@ pub fn thread_of(tid: u32, service: u32) -> Option<*mut ThreadState> {
 /// sleep is uninterruptible (D state: block I/O, page faults) or interruptible (sockets, pipes,
 /// futexes, timers).
 #[inline(always)]
-fn reason(tid: u32, state: u64, t: *const ThreadState) -> u32 {
+fn reason<const REGS: bool>(tid: u32, state: u64, t: *const ThreadState) -> u32 {
     let d_state = state & TASK_UNINTERRUPTIBLE != 0;
     let packed = SYSCALL_START.get(tid).copied().unwrap_or(0);
     let nr = if packed != 0 {
         Some((packed & start::NR_MASK) as u32)
-    } else if !on_cpu_kept() {
+    } else if REGS && !on_cpu_kept() {
         // The syscall probes are not attached: ask the task's saved registers.
         blocked_syscall()
     } else {
@@ -226,13 +226,23 @@ fn end_offcpu(t: *mut ThreadState, now: u64) {
 //                               struct task_struct *next, unsigned int prev_state)
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
-    match try_switch(&ctx) {
+    match try_switch::<true>(&ctx) {
         Ok(()) | Err(()) => 0,
     }
 }
 
+/// `sched_switch` for kernels without `bpf_task_pt_regs` (before 5.15): the same, but without
+/// the syscall probes a blocking thread's wait reason is only D state or not.
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch_plain(ctx: RawTracePointContext) -> i32 {
+    match try_switch::<false>(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+/// `REGS`: whether a blocking thread's syscall may be read from its saved registers.
 #[inline(always)]
-fn try_switch(ctx: &RawTracePointContext) -> Result<(), ()> {
+fn try_switch<const REGS: bool>(ctx: &RawTracePointContext) -> Result<(), ()> {
     let prev: *const u8 = ctx.arg(1);
     let c = ON_CPU.get_ptr_mut(0).ok_or(())?;
     // The outgoing task is this CPU's ON_CPU task when the last traced switch here put it on
@@ -276,7 +286,7 @@ fn try_switch(ctx: &RawTracePointContext) -> Result<(), ()> {
     let now = now_ns();
     if service != u32::from(NO_SERVICE) && tid != 0 {
         let preempt: u64 = ctx.arg(0);
-        switch_out(tid, service, peer, preempt & 0xff != 0, state, now);
+        switch_out::<REGS>(tid, service, peer, preempt & 0xff != 0, state, now);
     }
     if next_service != NO_SERVICE
         && let Some(t) = THREADS.get_ptr_mut(next_tid)
@@ -389,7 +399,7 @@ fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32, task: u64) -> u16 {
 }
 
 #[inline(always)]
-fn switch_out(
+fn switch_out<const REGS: bool>(
     tid: u32,
     service: u32,
     peer: Option<(PeerKey, u32)>,
@@ -426,7 +436,7 @@ fn switch_out(
         } else {
             (*s).voluntary_switches += 1;
             (*t).offcpu_since = now;
-            (*t).reason = reason(tid, state, t);
+            (*t).reason = reason::<REGS>(tid, state, t);
         }
     }
 }

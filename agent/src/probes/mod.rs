@@ -225,7 +225,7 @@ impl Probes {
             };
             let result = if missing.is_empty() {
                 let mut s = attach_group(&mut ebpf, programs);
-                if s.status == "attached" {
+                if s.status == "attached" && note.is_some() {
                     s.note = note;
                 }
                 s
@@ -480,10 +480,28 @@ fn failed(error: String) -> GroupStatus {
     }
 }
 
+/// A program's simpler twin, for kernels that refuse the program itself, and what is lost.
+fn fallback(program: &str) -> Option<(&'static str, &'static str)> {
+    (program == programs::SCHED_SWITCH).then_some((
+        programs::SCHED_SWITCH_PLAIN,
+        "this kernel refused sched_switch (reading a blocking thread's syscall from its saved \
+         registers needs bpf_task_pt_regs, Linux 5.15); without the syscalls group, waits are \
+         then told apart only by D state",
+    ))
+}
+
 fn attach_group(ebpf: &mut Ebpf, programs: &[(&'static str, &'static str)]) -> GroupStatus {
     let mut attached = Vec::new();
+    let mut note = None;
     for &(program, tracepoint) in programs {
-        if let Err(e) = attach_one(ebpf, program, tracepoint) {
+        let mut result = attach_one(ebpf, program, tracepoint);
+        if let Err(AttachError::Program(ProgramError::LoadError { .. })) = &result
+            && let Some((twin, lost)) = fallback(program)
+        {
+            result = attach_one(ebpf, twin, tracepoint);
+            note = Some(lost.to_owned());
+        }
+        if let Err(e) = result {
             let verifier_log = match &e {
                 AttachError::Program(ProgramError::LoadError { verifier_log, .. }) => {
                     Some(verifier_log.to_string())
@@ -505,7 +523,7 @@ fn attach_group(ebpf: &mut Ebpf, programs: &[(&'static str, &'static str)]) -> G
         attach_points: attached,
         error: None,
         verifier_log: None,
-        note: None,
+        note,
     }
 }
 
