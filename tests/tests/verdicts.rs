@@ -58,6 +58,58 @@ fn outcome(
     }
 }
 
+/// A client making 120 request/response round trips to a server that answers each after 25 ms,
+/// both on loopback.
+fn slow_server_and_client(scratch: &Scratch, srv: &str, cli: &str) {
+    let mut server = Workload::start(
+        scratch,
+        srv,
+        false,
+        &["slow-server", "127.0.0.1:0", "25", "120"],
+    );
+    let port = server.read_line();
+    Workload::start(
+        scratch,
+        cli,
+        false,
+        &["slow-client", &format!("127.0.0.1:{port}"), "120"],
+    )
+    .wait_success();
+    server.wait_success();
+}
+
+/// Prints the table (scenario → verdict → evidence), then asserts every verdict is the
+/// expected one.
+fn assert_verdicts(outcomes: &[Outcome]) {
+    println!(
+        "\n{:<36} {:<20} {:<22} evidence",
+        "scenario", "expected", "verdict"
+    );
+    let mut wrong = Vec::new();
+    for o in outcomes {
+        let got = (
+            o.verdict["class"].as_str().unwrap_or("?"),
+            o.verdict["resource"].as_str().unwrap_or("?"),
+        );
+        let evidence: Vec<&str> = o.verdict["evidence"]
+            .as_array()
+            .map(|e| e.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        println!(
+            "{:<36} {:<20} {:<22} {}",
+            o.scenario,
+            format!("{}/{}", o.expected.0, o.expected.1),
+            format!("{}/{}", got.0, got.1),
+            evidence.join(" | ")
+        );
+        println!("{:<36} {}", "", o.verdict["summary"].as_str().unwrap_or(""));
+        if got != o.expected {
+            wrong.push(format!("{} ({}): {:#}", o.scenario, o.service, o.verdict));
+        }
+    }
+    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+}
+
 #[test]
 fn scenario_suite() {
     if !privileged("scenario_suite") {
@@ -103,21 +155,7 @@ fn scenario_suite() {
     // A client waiting on a slow loopback server.
     let (srv, cli) = (tag("srv"), tag("cli"));
     let doc = profile(&[&srv, &cli], || {
-        let mut server = Workload::start(
-            &scratch,
-            &srv,
-            false,
-            &["slow-server", "127.0.0.1:0", "25", "120"],
-        );
-        let port = server.read_line();
-        Workload::start(
-            &scratch,
-            &cli,
-            false,
-            &["slow-client", &format!("127.0.0.1:{port}"), "120"],
-        )
-        .wait_success();
-        server.wait_success();
+        slow_server_and_client(&scratch, &srv, &cli)
     });
     outcomes.push(outcome(
         &doc,
@@ -231,33 +269,7 @@ fn scenario_suite() {
         ("software", "errors"),
     ));
 
-    println!(
-        "\n{:<36} {:<20} {:<22} evidence",
-        "scenario", "expected", "verdict"
-    );
-    let mut wrong = Vec::new();
-    for o in &outcomes {
-        let got = (
-            o.verdict["class"].as_str().unwrap_or("?"),
-            o.verdict["resource"].as_str().unwrap_or("?"),
-        );
-        let evidence: Vec<&str> = o.verdict["evidence"]
-            .as_array()
-            .map(|e| e.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        println!(
-            "{:<36} {:<20} {:<22} {}",
-            o.scenario,
-            format!("{}/{}", o.expected.0, o.expected.1),
-            format!("{}/{}", got.0, got.1),
-            evidence.join(" | ")
-        );
-        println!("{:<36} {}", "", o.verdict["summary"].as_str().unwrap_or(""));
-        if got != o.expected {
-            wrong.push(format!("{} ({}): {:#}", o.scenario, o.service, o.verdict));
-        }
-    }
-    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+    assert_verdicts(&outcomes);
 }
 
 /// With the syscall probes disabled (the cheapest configuration: no per-syscall cost for any
@@ -292,21 +304,7 @@ fn wait_reasons_without_the_syscall_probes() {
 
     let (srv, cli) = (tag("nsv"), tag("ncl"));
     let doc = profile_with(&extra, &[&srv, &cli], || {
-        let mut server = Workload::start(
-            &scratch,
-            &srv,
-            false,
-            &["slow-server", "127.0.0.1:0", "25", "120"],
-        );
-        let port = server.read_line();
-        Workload::start(
-            &scratch,
-            &cli,
-            false,
-            &["slow-client", &format!("127.0.0.1:{port}"), "120"],
-        )
-        .wait_success();
-        server.wait_success();
+        slow_server_and_client(&scratch, &srv, &cli);
     });
     outcomes.push(outcome(
         &doc,
@@ -316,17 +314,7 @@ fn wait_reasons_without_the_syscall_probes() {
     ));
     outcomes.push(outcome(&doc, "slow server", &srv, ("software", "sleep")));
 
-    let wrong: Vec<String> = outcomes
-        .iter()
-        .filter(|o| {
-            (
-                o.verdict["class"].as_str().unwrap_or("?"),
-                o.verdict["resource"].as_str().unwrap_or("?"),
-            ) != o.expected
-        })
-        .map(|o| format!("{} ({}): {:#}", o.scenario, o.service, o.verdict))
-        .collect();
-    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+    assert_verdicts(&outcomes);
 }
 
 /// The same suite's real-world half: PostgreSQL under pgbench (TPC-B-like) and nginx under wrk,
