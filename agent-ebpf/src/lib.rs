@@ -20,9 +20,12 @@ pub mod maps {
     pub const ON_CPU: &str = "ON_CPU";
     /// `Array<u64>`: bumped whenever `PID_SERVICE` changes, so cached selections are refreshed.
     pub const SELECTION_GEN: &str = "SELECTION_GEN";
-    /// `Array<u32>`: `[0]` is 1 once `sched_switch` is attached and keeps `ON_CPU`; the net
-    /// probes read the running task from there only then.
+    /// `Array<u32>`: `[0]` is 1 while the syscall probes are attached alongside `sched_switch`
+    /// (which keeps `ON_CPU`); the net probes read the running task from there only then.
     pub const ON_CPU_KEPT: &str = "ON_CPU_KEPT";
+    /// `Array<u32>`: `[0]` is the number of the syscall probes' current attach (1..=127, see
+    /// [`crate::start`]), bumped by the agent before each attach when it cycles them.
+    pub const SYSCALL_PHASE: &str = "SYSCALL_PHASE";
     /// `PerCpuHashMap<ErrnoKey, u64>`: failed calls by errno.
     pub const SYSCALL_ERRORS: &str = "SYSCALL_ERRORS";
     /// `HashMap<[u8; 16], u32>`: comm → service id, applied at exec.
@@ -253,29 +256,45 @@ pub mod hist {
 
 /// Packing of [`maps::SYSCALL_START`] values: the start time in the high 48 bits (wraps every 78
 /// hours; durations are computed modulo 2^48, so only a syscall longer than that is misread), the
-/// syscall number in the low 16. One `u64` per thread keeps the array at 8 bytes per possible tid.
+/// syscall number in the low 9 bits and, between them, the attach phase the call started in
+/// ([`maps::SYSCALL_PHASE`]): a start left over from an earlier phase is not this call's. One
+/// `u64` per thread keeps the array at 8 bytes per possible tid.
 pub mod start {
-    pub const NR_BITS: u32 = 16;
+    pub const LOW_BITS: u32 = 16;
+    pub const LOW_MASK: u64 = (1 << LOW_BITS) - 1;
+    /// x86_64's syscall table ends below 512 ([`crate::SYSCALL_NR_SLOTS`]).
+    pub const NR_BITS: u32 = 9;
     pub const NR_MASK: u64 = (1 << NR_BITS) - 1;
+    /// Phases are numbered 1..=[`PHASE_MASK`], then wrap to 1.
+    pub const PHASE_MASK: u64 = (1 << (LOW_BITS - NR_BITS)) - 1;
     /// The start time of a call that is counted but not timed (no clock read).
     pub const UNTIMED: u64 = 1;
 
     /// The start time of a packed start: [`UNTIMED`] or a `bpf_ktime_get_ns` reading.
     #[inline(always)]
     pub fn time(packed: u64) -> u64 {
-        packed >> NR_BITS
+        packed >> LOW_BITS
     }
 
     #[inline(always)]
-    pub fn pack(now_ns: u64, nr: u64) -> u64 {
-        (now_ns << NR_BITS) | (nr & NR_MASK)
+    pub fn nr(packed: u64) -> u32 {
+        (packed & NR_MASK) as u32
     }
 
-    /// The elapsed nanoseconds since a packed start, and the syscall number.
     #[inline(always)]
-    pub fn unpack(now_ns: u64, packed: u64) -> (u64, u64) {
-        let elapsed = (now_ns << NR_BITS).wrapping_sub(packed & !NR_MASK) >> NR_BITS;
-        (elapsed, packed & NR_MASK)
+    pub fn phase(packed: u64) -> u32 {
+        ((packed >> NR_BITS) & PHASE_MASK) as u32
+    }
+
+    #[inline(always)]
+    pub fn pack(now_ns: u64, nr: u64, phase: u32) -> u64 {
+        (now_ns << LOW_BITS) | ((u64::from(phase) & PHASE_MASK) << NR_BITS) | (nr & NR_MASK)
+    }
+
+    /// The elapsed nanoseconds since a packed start.
+    #[inline(always)]
+    pub fn elapsed(now_ns: u64, packed: u64) -> u64 {
+        (now_ns << LOW_BITS).wrapping_sub(packed & !LOW_MASK) >> LOW_BITS
     }
 }
 
@@ -321,8 +340,8 @@ pub enum Counter {
     DropProcEventRingFull = 2,
     /// A pid or tid beyond the arrays sized from `kernel.pid_max` at load time.
     DropPidOutOfRange = 3,
-    /// A syscall exit with no recorded entry: the thread was mid-syscall when the probes
-    /// attached or when its process was selected, or it is a new thread returning from clone.
+    /// A syscall exit with no recorded entry whose number could not be read from its saved
+    /// registers either: the call is not counted.
     UnmatchedExit = 4,
     /// Processes that joined a service by fork.
     ForkInherited = 5,
@@ -354,10 +373,14 @@ pub enum Counter {
     /// A task found running on a CPU that no `sched_switch` had switched it to (the kernel
     /// switched without the tracepoint); the probes took it over from there.
     UntracedSwitch = 18,
+    /// A syscall exit with no entry recorded in the current attach (the call began before the
+    /// probes attached or its process was selected): counted from its saved registers, not
+    /// timed.
+    ExitWithoutEntry = 19,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::DropSyscallStatsFull,
         Counter::DropErrnoFull,
@@ -378,6 +401,7 @@ impl Counter {
         Counter::ProcessesReleased,
         Counter::DropSyscallOutsideTable,
         Counter::UntracedSwitch,
+        Counter::ExitWithoutEntry,
     ];
 }
 

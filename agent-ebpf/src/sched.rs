@@ -21,6 +21,7 @@ use aya_ebpf::{
 use crate::{
     selection::{
         ON_CPU, count, offsets, on_cpu, on_cpu_kept, read_field, selection_generation, service_of,
+        syscall_phase,
     },
     syscalls::SYSCALL_START,
 };
@@ -114,15 +115,16 @@ pub fn thread_of(tid: u32, service: u32) -> Option<*mut ThreadState> {
 
 /// Why a thread that is switching out voluntarily blocks: the syscall it is in, and whether the
 /// sleep is uninterruptible (D state: block I/O, page faults) or interruptible (sockets, pipes,
-/// futexes, timers).
+/// futexes, timers). `call`: the call in flight the syscall probes recorded, if any.
 #[inline(always)]
-fn reason<const REGS: bool>(tid: u32, state: u64, t: *const ThreadState) -> u32 {
+fn reason<const REGS: bool>(call: u64, state: u64, t: *const ThreadState) -> u32 {
     let d_state = state & TASK_UNINTERRUPTIBLE != 0;
-    let packed = SYSCALL_START.get(tid).copied().unwrap_or(0);
-    let nr = if packed != 0 {
-        Some((packed & start::NR_MASK) as u32)
-    } else if REGS && !on_cpu_kept() {
-        // The syscall probes are not attached: ask the task's saved registers.
+    // A recorded call is current only while the syscall probes are attached, and only if it
+    // began in this attach (the probes may be cycled: `syscall_duty_cycle`).
+    let nr = if call != 0 && on_cpu_kept() && start::phase(call) == syscall_phase() {
+        Some(start::nr(call))
+    } else if REGS {
+        // Not seen by the syscall probes: ask the task's saved registers.
         blocked_syscall()
     } else {
         None
@@ -160,7 +162,7 @@ fn reason<const REGS: bool>(tid: u32, state: u64, t: *const ThreadState) -> u32 
 /// the registers its syscall entry saved: `orig_ax` is the number, and `ax` still holds the
 /// -ENOSYS the entry put there until the call returns. A page fault also saves registers, but
 /// `ax` is then the task's own. Two helper calls and two reads, once per blocking switch of a
-/// selected thread, and only while the syscall probes are not attached.
+/// selected thread whose call the syscall probes did not see.
 #[inline(always)]
 fn blocked_syscall() -> Option<u32> {
     const ENOSYS: u64 = 38;
@@ -271,7 +273,7 @@ fn try_switch<const REGS: bool>(ctx: &RawTracePointContext) -> Result<(), ()> {
         )
     };
     let state: u64 = ctx.arg(3);
-    park_call(c, tid, state);
+    let call = park_call(c, tid, state);
     let next: *const u8 = ctx.arg(2);
     // pid and tgid are adjacent in task_struct (the loader checks): one read for both.
     let Ok([next_tid, next_tgid]) = read_field::<[u32; 2]>(next, offsets().task_pid) else {
@@ -286,7 +288,8 @@ fn try_switch<const REGS: bool>(ctx: &RawTracePointContext) -> Result<(), ()> {
     let now = now_ns();
     if service != u32::from(NO_SERVICE) && tid != 0 {
         let preempt: u64 = ctx.arg(0);
-        switch_out::<REGS>(tid, service, peer, preempt & 0xff != 0, state, now);
+        let preempt = preempt & 0xff != 0;
+        switch_out::<REGS>(tid, service, peer, preempt, state, call, now);
     }
     if next_service != NO_SERVICE
         && let Some(t) = THREADS.get_ptr_mut(next_tid)
@@ -348,9 +351,9 @@ fn unseen_switch_in(t: *mut ThreadState, now: u64) {
 }
 
 /// The outgoing task's syscall in flight moves from this CPU's `ON_CPU` to its own slot, where
-/// the off-CPU reason reads it and where it waits for the task to run again (on any CPU).
+/// it waits for the task to run again (on any CPU). Returns it, for the off-CPU reason.
 #[inline(always)]
-fn park_call(c: *mut OnCpu, tid: u32, state: u64) {
+fn park_call(c: *mut OnCpu, tid: u32, state: u64) -> u64 {
     // SAFETY: this CPU's element.
     let call = unsafe { core::mem::replace(&mut (*c).call, 0) };
     // A dying task never returns from its call: nothing to park.
@@ -361,6 +364,7 @@ fn park_call(c: *mut OnCpu, tid: u32, state: u64) {
         // SAFETY: the outgoing thread's element; it is not running anywhere now.
         unsafe { *slot = call };
     }
+    call
 }
 
 /// The incoming task becomes this CPU's `ON_CPU`, with its selection and any call it was in.
@@ -405,6 +409,7 @@ fn switch_out<const REGS: bool>(
     peer: Option<(PeerKey, u32)>,
     preempt: bool,
     state: u64,
+    call: u64,
     now: u64,
 ) {
     let Some(t) = thread_of(tid, service) else {
@@ -436,7 +441,7 @@ fn switch_out<const REGS: bool>(
         } else {
             (*s).voluntary_switches += 1;
             (*t).offcpu_since = now;
-            (*t).reason = reason::<REGS>(tid, state, t);
+            (*t).reason = reason::<REGS>(call, state, t);
         }
     }
 }

@@ -33,15 +33,23 @@ pub static ON_CPU: PerCpuArray<OnCpu> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "SELECTION_GEN")]
 pub static SELECTION_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
-/// `[0]`: 1 once the syscall probes are attached alongside `sched_switch` (set by the agent):
-/// `ON_CPU` then names the running task and its syscall in flight. While 0, `sched_switch`
-/// reads a blocking thread's syscall from its saved registers instead.
+/// `[0]`: 1 while the syscall probes are attached alongside `sched_switch` (set by the agent):
+/// `ON_CPU` then names the running task and its syscall in flight.
 #[map(name = "ON_CPU_KEPT")]
 static ON_CPU_KEPT: Array<u32> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn on_cpu_kept() -> bool {
     ON_CPU_KEPT.get(0).is_some_and(|v| *v != 0)
+}
+
+/// `[0]`: the syscall probes' current attach, tagged on every call's start (`agent_ebpf::start`).
+#[map(name = "SYSCALL_PHASE")]
+static SYSCALL_PHASE: Array<u32> = Array::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn syscall_phase() -> u32 {
+    SYSCALL_PHASE.get(0).copied().unwrap_or(0)
 }
 
 /// Drop and event counters, indexed by [`Counter`]. Per-CPU so the hot path never shares a line.

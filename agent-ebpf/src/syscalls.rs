@@ -6,6 +6,10 @@
 //! call counted without a clock read costs a few ns: two inlined per-CPU lookups and a store.
 //! The counts and errors stay exact; the histogram is of the timed calls (docs/probes.md).
 //!
+//! The agent may attach these programs for part of each window only (`syscall_duty_cycle`):
+//! every start carries the attach it was made in, and an exit whose start is missing or from
+//! an earlier attach is counted from the syscall number its registers saved, but not timed.
+//!
 //! Two program pairs: `sys_enter`/`sys_exit` read the running task from `ON_CPU`, which
 //! `sched_switch` keeps, and keep the call in flight there; they check it names the caller by
 //! the syscall's `pt_regs` pointer, a helper call only at a task's first syscall after a switch
@@ -23,7 +27,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 
-use crate::selection::{MMAPABLE, ON_CPU, count, on_cpu, service_of, syscall_task};
+use crate::selection::{
+    MMAPABLE, ON_CPU, count, offsets, on_cpu, read_field, service_of, syscall_phase, syscall_task,
+};
 
 /// `BPF_F_NO_PREALLOC`: per-CPU hash values are allocated on first use, so memory follows the
 /// (service, syscall) pairs actually seen rather than `max_entries × CPUs × 1.3 KiB`.
@@ -105,7 +111,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ()> {
     // SAFETY: as in sys_enter.
     let (service, packed) = unsafe { ((*c).service, core::mem::replace(&mut (*c).call, 0)) };
     if service != u32::from(NO_SERVICE) {
-        finish(service, packed, ctx.arg(1));
+        finish(service, packed, ctx.arg(0), ctx.arg(1));
     }
     Ok(())
 }
@@ -148,7 +154,7 @@ fn try_sys_exit_alone(ctx: &RawTracePointContext) -> Result<(), ()> {
     let slot = SYSCALL_START.get_ptr_mut(id as u32).ok_or(())?;
     // SAFETY: this tid's element, written only by this thread.
     let packed = unsafe { core::mem::replace(&mut *slot, 0) };
-    finish(u32::from(service), packed, ctx.arg(1));
+    finish(u32::from(service), packed, ctx.arg(0), ctx.arg(1));
     Ok(())
 }
 
@@ -165,18 +171,22 @@ fn begin(rng: &mut u32, nr: u64) -> u64 {
     } else {
         start::UNTIMED
     };
-    start::pack(time, nr)
+    start::pack(time, nr, syscall_phase())
 }
 
-/// Counts a finished call, its error, and its latency if it was timed.
+/// Counts a finished call, its error, and its latency if it was timed. `regs`: the caller's
+/// saved registers, which name the call when its start was not seen.
 #[inline(always)]
-fn finish(service: u32, packed: u64, ret: i64) {
-    if packed == 0 {
-        // Entered before we attached, or a new thread returning from clone.
-        count(Counter::UnmatchedExit);
-        return;
-    }
-    let nr = (packed & start::NR_MASK) as u32;
+fn finish(service: u32, packed: u64, regs: *const u8, ret: i64) {
+    let packed = if packed != 0 && start::phase(packed) == syscall_phase() {
+        packed
+    } else {
+        match exit_without_entry(regs, ret) {
+            Some(nr) => start::pack(start::UNTIMED, u64::from(nr), 0),
+            None => return,
+        }
+    };
+    let nr = start::nr(packed);
     // SAFETY: a read of a loader-filled global.
     let rows = unsafe { core::ptr::read_volatile(&SYSCALL_ROWS) };
     // SAFETY: bpf_get_smp_processor_id has no preconditions (the verifier inlines it).
@@ -201,9 +211,35 @@ fn finish(service: u32, packed: u64, ret: i64) {
     let started = start::time(packed);
     if started != start::UNTIMED {
         // SAFETY: bpf_ktime_get_ns has no preconditions.
-        let (elapsed, _) = start::unpack(unsafe { bpf_ktime_get_ns() }, packed);
+        let elapsed = start::elapsed(unsafe { bpf_ktime_get_ns() }, packed);
         record_latency(&key, elapsed);
     }
+}
+
+/// The number of a call whose start this attach did not see — it began before the probes
+/// attached, or before its process was selected — from the registers its entry saved. `None`
+/// for a new task's return from the fork or clone its parent made (the parent counts that
+/// call) and when the registers cannot be read (counted as a loss).
+#[inline(always)]
+fn exit_without_entry(regs: *const u8, ret: i64) -> Option<u32> {
+    // x86_64: clone, fork, vfork, clone3.
+    const FORKS: [u64; 4] = [56, 57, 58, 435];
+    let offset = offsets().regs_orig_ax;
+    // u32::MAX: a field this kernel lacks.
+    let read = if offset == u32::MAX {
+        Err(())
+    } else {
+        read_field::<u64>(regs, offset)
+    };
+    let Ok(nr) = read else {
+        count(Counter::UnmatchedExit);
+        return None;
+    };
+    if ret == 0 && FORKS.contains(&nr) {
+        return None;
+    }
+    count(Counter::ExitWithoutEntry);
+    Some(nr as u32)
 }
 
 #[inline(always)]

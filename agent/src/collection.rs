@@ -67,6 +67,7 @@ impl Collector {
         let events = probes.take_proc_events()?;
         let window_start_mono = monotonic_now_ns();
         sched::start_window(&mut probes, window_start_mono)?;
+        probes.take_syscall_probe_ns(window_start_mono);
         let previous = Reading::take(&probes)?;
         let mut collector = Self {
             probes,
@@ -114,6 +115,11 @@ impl Collector {
         let listeners = net::listeners(&self.probes).unwrap_or_default();
         let end_ns = unix_now_ns();
         let duration_ns = end_ns.saturating_sub(self.window_start_ns);
+        let syscall_probe_ns = self.probes.take_syscall_probe_ns(end_mono);
+        let scale = Scale::new(
+            end_mono.saturating_sub(self.window_start_mono),
+            syscall_probe_ns,
+        );
 
         let mut dropped = BTreeMap::new();
         let mut tracking = BTreeMap::new();
@@ -143,7 +149,7 @@ impl Collector {
 
         let mut host = self.host.clone();
         host.usage = now.host.since(&self.previous.host, duration_ns);
-        let mut services = self.service_profiles(&now, &open, &listeners);
+        let mut services = self.service_profiles(&now, &open, &listeners, scale);
         for s in &mut services {
             s.limits = self.cgroups.limits(&s.pids);
             s.time = verdict::budget(s);
@@ -161,6 +167,7 @@ impl Collector {
                 start_unix_ns: self.window_start_ns,
                 end_unix_ns: end_ns,
                 duration_ns,
+                syscall_probe_ns: syscall_probe_ns.min(duration_ns),
             },
             agent: Agent {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -187,6 +194,7 @@ impl Collector {
         now: &Reading,
         open: &HashMap<u32, sched::Open>,
         listeners: &HashMap<u16, u32>,
+        scale: Scale,
     ) -> Vec<ServiceProfile> {
         let mut by_service: HashMap<u32, Vec<SyscallProfile>> = HashMap::new();
         for (key, totals) in &now.syscalls.stats {
@@ -197,7 +205,7 @@ impl Collector {
             by_service
                 .entry(key.service)
                 .or_default()
-                .push(syscall_profile(key.nr, &delta, before));
+                .push(syscall_profile(key.nr, &delta, before, scale));
         }
         let mut errors: HashMap<u32, Vec<ErrorProfile>> = HashMap::new();
         for (key, &count) in &now.syscalls.errors {
@@ -216,7 +224,8 @@ impl Collector {
             errors.entry(key.service).or_default().push(ErrorProfile {
                 syscall: syscall_name(key.nr),
                 errno: errno_label(key.errno),
-                count,
+                count: scale.apply(count),
+                seen: count,
             });
         }
         self.registry
@@ -408,10 +417,33 @@ fn delta(now: &syscalls::Totals, before: Option<&syscalls::Totals>) -> Option<sy
     })
 }
 
+/// From what the syscall probes saw to the window: they may have been attached for part of it
+/// only (`syscall_duty_cycle`).
+#[derive(Clone, Copy, Debug)]
+struct Scale {
+    window_ns: u64,
+    seen_ns: u64,
+}
+
+impl Scale {
+    fn new(window_ns: u64, seen_ns: u64) -> Self {
+        Self { window_ns, seen_ns }
+    }
+
+    /// `seen` events over the attached time, as a count over the whole window.
+    fn apply(self, seen: u64) -> u64 {
+        if self.seen_ns == 0 || self.seen_ns >= self.window_ns {
+            return seen;
+        }
+        (seen as f64 * self.window_ns as f64 / self.seen_ns as f64).round() as u64
+    }
+}
+
 fn syscall_profile(
     nr: u32,
     delta: &syscalls::Totals,
     before: Option<&syscalls::Totals>,
+    scale: Scale,
 ) -> SyscallProfile {
     // The kernel keeps one cumulative maximum. When it grew in this window it is this window's
     // exact maximum; otherwise the window's maximum is bounded by its highest bucket.
@@ -424,18 +456,20 @@ fn syscall_profile(
             .min(delta.max_ns)
     };
     let q = |q| histogram::quantile(&delta.buckets, q, max_ns).unwrap_or(0);
-    // Time in the call: measured when every call was timed, else the count times the timed
-    // calls' mean.
-    let total_ns = if delta.timed >= delta.count || delta.timed == 0 {
+    // Time in the call: measured when every call in the window was timed, else the count
+    // times the timed calls' mean.
+    let count = scale.apply(delta.count);
+    let total_ns = if delta.timed >= count || delta.timed == 0 {
         delta.total_ns
     } else {
-        (delta.total_ns as u128 * u128::from(delta.count) / u128::from(delta.timed)) as u64
+        (delta.total_ns as u128 * u128::from(count) / u128::from(delta.timed)) as u64
     };
     SyscallProfile {
         name: syscall_name(nr),
         nr,
-        count: delta.count,
-        errors: delta.errors,
+        count,
+        seen: delta.count,
+        errors: scale.apply(delta.errors),
         timed: delta.timed,
         total_ns,
         p50_ns: q(0.50),

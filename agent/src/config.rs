@@ -33,6 +33,13 @@ pub struct Config {
     /// third of what the probes cost per call (BENCHMARKS.md), so timing every call would
     /// double the per-syscall overhead.
     pub syscall_sample: u32,
+    /// The share of each window `crmprof run` keeps the syscall probes attached, in (0, 1];
+    /// 1 keeps them attached. While attached they cost every process on the host, selected or
+    /// not, ~120 ns per syscall (the kernel's tracing slow path); detached, nothing. Counts
+    /// and errors seen while attached are scaled to the window (`seen` keeps the raw figure).
+    /// Default 0.1: the first second of a 10 s window. `crmprof profile` always keeps them
+    /// attached.
+    pub syscall_duty_cycle: f64,
     /// Probe groups not to load (`process`, `sched`, `syscalls`, `net`, `disk`): each is
     /// reported as disabled. Without `sched`, the syscall probes look the task up per call,
     /// which costs more per syscall; without `syscalls`, nothing runs per syscall and waits are
@@ -247,6 +254,7 @@ impl Default for Config {
             max_services: 256,
             max_threads: 16384,
             syscall_sample: 8,
+            syscall_duty_cycle: 0.1,
             disable_groups: Vec::new(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
             discovery: Discovery::default(),
@@ -336,6 +344,16 @@ impl Config {
                 format!(
                     "max_threads {} is below the minimum of 64",
                     config.max_threads
+                ),
+            ));
+        }
+        if !(config.syscall_duty_cycle > 0.0 && config.syscall_duty_cycle <= 1.0) {
+            return Err(invalid(
+                key_line("syscall_duty_cycle"),
+                format!(
+                    "syscall_duty_cycle {} is outside (0, 1]: it is the share of each window \
+                     the syscall probes are attached (1 keeps them attached)",
+                    config.syscall_duty_cycle
                 ),
             ));
         }
@@ -611,6 +629,21 @@ mod tests {
         assert!(e.starts_with("test.toml:4:") && e.contains("colour"), "{e}");
     }
 
+    #[test]
+    fn the_syscall_duty_cycle_is_a_share_in_0_to_1() {
+        for (text, share) in [("1", 1.0), ("1.0", 1.0), ("0.25", 0.25)] {
+            let c = parse(&format!("syscall_duty_cycle = {text}\n")).ok();
+            assert_eq!(c.map(|c| c.syscall_duty_cycle), Some(share), "{text}");
+        }
+        for bad in ["0", "-0.5", "1.5", "nan"] {
+            let e = error(&format!("interval = \"10s\"\nsyscall_duty_cycle = {bad}\n"));
+            assert!(
+                e.starts_with("test.toml:2:") && e.contains("outside (0, 1]"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
     /// The commented default configuration that `cargo xtask install` and the .deb ship.
     const SHIPPED: &str = include_str!("../../deploy/crmprof.toml");
 
@@ -653,6 +686,7 @@ mod tests {
             max_services: _,
             max_threads: _,
             syscall_sample: _,
+            syscall_duty_cycle: _,
             disable_groups: _,
             btf_path: _,
             discovery:
@@ -687,6 +721,7 @@ mod tests {
                 "max_services",
                 "max_threads",
                 "syscall_sample",
+                "syscall_duty_cycle",
                 "disable_groups",
                 "btf_path",
                 "auto",

@@ -39,6 +39,12 @@ pub struct Window {
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
     pub duration_ns: u64,
+    /// How long the syscall probes were attached in the window: all of it, or the share
+    /// `syscall_duty_cycle` gives them. Syscall counts and errors are what was seen in that
+    /// time scaled to the window (`seen` keeps the raw figure); 0 when the group is not
+    /// attached.
+    #[serde(default)]
+    pub syscall_probe_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -197,7 +203,13 @@ pub struct DeviceProfile {
 pub struct SyscallProfile {
     pub name: String,
     pub nr: u32,
+    /// Calls in the window: `seen`, scaled to the window when the syscall probes were attached
+    /// for part of it (`window.syscall_probe_ns`).
     pub count: u64,
+    /// Calls seen while the syscall probes were attached.
+    #[serde(default)]
+    pub seen: u64,
+    /// Calls that failed, scaled as `count`.
     pub errors: u64,
     /// Calls whose latency was measured (every call, or a random one in `syscall_sample`):
     /// the percentiles, `max_ns` and `buckets` are theirs.
@@ -217,7 +229,11 @@ pub struct SyscallProfile {
 pub struct ErrorProfile {
     pub syscall: String,
     pub errno: String,
+    /// Scaled as `SyscallProfile::count`.
     pub count: u64,
+    /// Failures seen while the syscall probes were attached.
+    #[serde(default)]
+    pub seen: u64,
 }
 
 impl Host {

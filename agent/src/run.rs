@@ -121,6 +121,14 @@ pub async fn profile(opts: &Options, duration: Duration) -> anyhow::Result<Profi
     Ok(collector.collect()?)
 }
 
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 pub struct DaemonOptions {
     pub interval: Duration,
     pub data_dir: PathBuf,
@@ -144,6 +152,26 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
     );
     let mut window = interval_at(Instant::now() + daemon.interval, daemon.interval);
     window.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // The syscall probes stay attached for the first part of each window only, if so
+    // configured: while attached they cost every syscall on the host.
+    let duty = opts.config.syscall_duty_cycle;
+    let syscalls_for =
+        (duty < 1.0 && collector.probes.syscalls_cyclable()).then(|| daemon.interval.mul_f64(duty));
+    if let Some(on) = syscalls_for {
+        let note = format!(
+            "attached for the first {on:?} of every {:?} window (syscall_duty_cycle = {duty}); \
+             counts and errors are scaled to the window, `seen` keeps what was counted",
+            daemon.interval
+        );
+        log::info!("syscall probes {note}");
+        if let Some(status) = collector.probes.status.get_mut("syscalls") {
+            status.note = Some(match status.note.take() {
+                Some(earlier) => format!("{earlier}; {note}"),
+                None => note,
+            });
+        }
+    }
+    let mut syscalls_off_at = syscalls_for.map(|on| Instant::now() + on);
     let mut drain = interval_at(Instant::now() + EVENT_DRAIN_PERIOD, EVENT_DRAIN_PERIOD);
     drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
@@ -152,10 +180,26 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
         let last = tokio::select! {
             _ = window.tick() => false,
             _ = drain.tick() => { collector.drain_events()?; continue; }
+            () = sleep_until_some(syscalls_off_at) => {
+                syscalls_off_at = None;
+                if let Err(e) = collector.probes.syscalls_off() {
+                    log::warn!("{e}; the syscall probes stay attached");
+                }
+                continue;
+            }
             _ = interrupt.recv() => true,
             _ = terminate.recv() => true,
         };
         let profile = collector.collect()?;
+        if let Some(on) = syscalls_for
+            && !last
+            && collector.probes.syscalls_cyclable()
+        {
+            match collector.probes.syscalls_on() {
+                Ok(()) => syscalls_off_at = Some(Instant::now() + on),
+                Err(e) => log::warn!("{e}; the syscall probes stay detached"),
+            }
+        }
         // Local file and spools only: delivery runs on the sinks' own tasks.
         sinks.window(&profile);
         if daemon.live {

@@ -911,6 +911,7 @@ mod tests {
             name: "openat".into(),
             nr: 257,
             count,
+            seen: count,
             errors: failed,
             timed: count,
             total_ns: 0,
@@ -924,6 +925,7 @@ mod tests {
             syscall: "openat".into(),
             errno: errno.into(),
             count: failed,
+            seen: failed,
         }];
     }
 

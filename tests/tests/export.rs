@@ -191,7 +191,7 @@ fn prometheus_receives_remote_write_and_scrapes_metrics() {
     let config = write_config(
         &scratch,
         &format!(
-            "interval = \"1s\"\ndata_dir = \"{}\"\n[export]\nretry_initial = \"100ms\"\n\
+            "interval = \"1s\"\nsyscall_duty_cycle = 1\ndata_dir = \"{}\"\n[export]\nretry_initial = \"100ms\"\n\
              retry_max = \"1s\"\n[export.prometheus]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
              [export.remote_write]\nurl = \"http://127.0.0.1:{}/api/v1/write\"\n",
             data.display(),
@@ -419,7 +419,7 @@ fn otlp_export_decodes_into_metrics_and_logs() {
     let config = write_config(
         &scratch,
         &format!(
-            "interval = \"1s\"\ndata_dir = \"{}\"\n[export.prometheus]\nenabled = false\n\
+            "interval = \"1s\"\nsyscall_duty_cycle = 1\ndata_dir = \"{}\"\n[export.prometheus]\nenabled = false\n\
              [export.otlp]\nurl = \"http://127.0.0.1:{}\"\nbearer_token_file = \"{}\"\n\
              headers = {{ \"X-Scope-OrgID\" = \"tenant-7\" }}\n",
             data.display(),
@@ -575,7 +575,7 @@ fn against(tag: &str, behaviour: Behaviour, bad_for: Duration) -> (Vec<Value>, R
     let config = write_config(
         &scratch,
         &format!(
-            "interval = \"1s\"\ndata_dir = \"{}\"\n[export]\nretry_initial = \"100ms\"\n\
+            "interval = \"1s\"\nsyscall_duty_cycle = 1\ndata_dir = \"{}\"\n[export]\nretry_initial = \"100ms\"\n\
              retry_max = \"1s\"\n[export.prometheus]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
              [export.otlp]\nurl = \"http://127.0.0.1:{}\"\ntimeout = \"2s\"\n",
             data.display(),
@@ -813,7 +813,7 @@ fn outage_with_sigkill_loses_and_duplicates_nothing() {
     let config = write_config(
         &scratch,
         &format!(
-            "interval = \"1s\"\ndata_dir = \"{}\"\n[export]\nretry_initial = \"200ms\"\n\
+            "interval = \"1s\"\nsyscall_duty_cycle = 1\ndata_dir = \"{}\"\n[export]\nretry_initial = \"200ms\"\n\
              retry_max = \"2s\"\n[export.prometheus]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
              [export.otlp]\nurl = \"http://127.0.0.1:{}\"\ntimeout = \"2s\"\n\
              [export.remote_write]\nurl = \"http://127.0.0.1:{}/api/v1/write\"\ntimeout = \"2s\"\n",

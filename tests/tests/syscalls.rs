@@ -256,3 +256,86 @@ fn sleeps_of_running_processes_are_counted_exactly() {
         );
     }
 }
+
+/// `crmprof run` with `syscall_duty_cycle = 0.25` and 2 s windows, on both program pairs: the
+/// syscall probes are attached for the first 0.5 s of each window only, and what they see is
+/// scaled to the window. A process makes getppid at exactly 20,000/s, so in every window
+/// wholly inside its run the probes see 20,000 × the attached time (±3%: the workload paces
+/// itself in 1 ms batches on a busy machine) — a quarter of the calls, which a probe left
+/// attached would not give — and the scaled count is 20,000 × the window (±3%).
+#[test]
+fn a_duty_cycle_sees_its_share_of_each_window_and_scales_it() {
+    if !privileged("a_duty_cycle_sees_its_share_of_each_window_and_scales_it") {
+        return;
+    }
+    const RATE: f64 = 20_000.0;
+    for (tag, extra) in [("fast", ""), ("alone", "disable_groups = [\"sched\"]\n")] {
+        let scratch = Scratch::new(&format!("duty-{tag}"));
+        let name = format!("dc{tag}-{}", std::process::id() % 100_000);
+        let data = scratch.0.join("data");
+        let config = integration_tests::export::write_config(
+            &scratch,
+            &format!(
+                "interval = \"2s\"\nsyscall_duty_cycle = 0.25\n{extra}data_dir = \"{}\"\n\
+                 [export.prometheus]\nenabled = false\n[discovery]\nauto = false\n\
+                 [[service]]\nname = \"{name}\"\ncomm = \"{name}\"\n",
+                data.display()
+            ),
+        );
+        let agent = Agent::start(&["run", "-q", "--config", config.to_str().expect("UTF-8")]);
+        let started = std::time::SystemTime::now();
+        let mut w = Workload::start(&scratch, &name, false, &["syscall-rate", "20000", "9000"]);
+        w.wait_success();
+        let ended = std::time::SystemTime::now();
+        // One more window after the workload, so every window of its run is on file.
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        drop(agent.interrupt_and_output());
+        let unix_ns = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .expect("after 1970")
+                .as_nanos() as u64
+        };
+        let (run_start, run_end) = (unix_ns(started), unix_ns(ended));
+        let text = std::fs::read_to_string(data.join("profiles.jsonl")).expect("profiles");
+        let mut full = 0;
+        for line in text.lines() {
+            let doc: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+            integration_tests::validate_profile(&doc);
+            let window = &doc["window"];
+            let n = |v: &serde_json::Value| v.as_u64().expect("a number");
+            let (start, end) = (n(&window["start_unix_ns"]), n(&window["end_unix_ns"]));
+            // Windows the workload ran all through; a window's probes attach at its start.
+            if start < run_start + 200_000_000 || end > run_end {
+                continue;
+            }
+            full += 1;
+            let (duration, attached) = (n(&window["duration_ns"]), n(&window["syscall_probe_ns"]));
+            let share = attached as f64 / duration as f64;
+            assert!(
+                (0.24..=0.26).contains(&share),
+                "{tag}: probes attached {attached} ns of {duration} ns"
+            );
+            let svc = service(&doc, &name).unwrap_or_else(|| panic!("{tag}: no {name}: {doc:#}"));
+            let calls = syscall(svc, "getppid").expect("getppid recorded");
+            let (seen, count) = (n(&calls["seen"]) as f64, n(&calls["count"]) as f64);
+            let expect_seen = RATE * attached as f64 / 1e9;
+            let expect_count = RATE * duration as f64 / 1e9;
+            println!(
+                "{tag}: window {duration} ns, attached {attached} ns: seen {seen} (expected \
+                 {expect_seen:.0}), count {count} (expected {expect_count:.0})"
+            );
+            assert!(
+                (seen - expect_seen).abs() <= 0.03 * expect_seen,
+                "{tag}: seen {seen}, expected {expect_seen:.0}: {calls:#}"
+            );
+            assert!(
+                (count - expect_count).abs() <= 0.03 * expect_count,
+                "{tag}: count {count}, expected {expect_count:.0}: {calls:#}"
+            );
+        }
+        assert!(
+            full >= 3,
+            "{tag}: {full} whole windows in the 9 s run:\n{text}"
+        );
+    }
+}

@@ -304,6 +304,7 @@ pub(crate) mod tests {
                 start_unix_ns: start_s * 1_000_000_000,
                 end_unix_ns: (start_s + 10) * 1_000_000_000,
                 duration_ns: 10_000_000_000,
+                syscall_probe_ns: 10_000_000_000,
             },
             agent: Agent {
                 version: "0".to_owned(),
@@ -318,6 +319,7 @@ pub(crate) mod tests {
                     name: "read".to_owned(),
                     nr: 0,
                     count: calls,
+                    seen: calls,
                     errors,
                     timed: calls,
                     total_ns: calls * 1_050_000,
@@ -332,6 +334,7 @@ pub(crate) mod tests {
                         syscall: "read".to_owned(),
                         errno: "EAGAIN".to_owned(),
                         count: errors,
+                        seen: errors,
                     }]
                 } else {
                     vec![]

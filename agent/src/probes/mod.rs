@@ -18,7 +18,7 @@ use agent_ebpf::{COMM_LEN, Counter, globals, maps, programs};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, RawTracePoint},
+    programs::{ProgramError, RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use serde::Serialize;
 
@@ -141,6 +141,8 @@ pub struct Probes {
     selected_by_agent: i64,
     /// The syscall counts, mapped into the agent.
     calls: Option<syscalls::CallCounts>,
+    /// The syscall group's links, when it is attached.
+    syscall_switch: Option<syscalls::Switch>,
     /// `PID_SERVICE`, mapped into the agent: a process's service is written as the two bytes
     /// it is, never as the whole element it shares with three neighbouring pids.
     pids: mapping::Mapping,
@@ -196,6 +198,8 @@ impl Probes {
             true,
         )?;
         let calls = syscalls::CallCounts::map(&ebpf, cpus, rows);
+        let first_phase = syscalls::Switch::first_phase(&mut ebpf)?;
+        let mut syscall_switch = None;
         let mut status: BTreeMap<&'static str, GroupStatus> = BTreeMap::new();
         for group in GROUPS {
             if opts.disabled.iter().any(|d| d == group.name) {
@@ -223,28 +227,32 @@ impl Probes {
                 }
                 _ => (group.programs, None),
             };
-            let result = if missing.is_empty() {
-                let mut s = attach_group(&mut ebpf, programs);
+            let (result, links) = if missing.is_empty() {
+                let (mut s, links) = attach_group(&mut ebpf, programs);
                 if s.status == "attached" && note.is_some() {
                     s.note = note;
                 }
-                s
+                (s, links)
             } else {
-                failed(format!(
+                let why = format!(
                     "this kernel's BTF lacks {}; the group is not attached",
                     missing.join(", ")
-                ))
+                );
+                (failed(why), Vec::new())
             };
-            if group.name == "syscalls" && result.status == "attached" && programs == group.programs
-            {
-                // From now on ON_CPU names the running task — kept by sched_switch, checked at
-                // every syscall entry — so the socket probes, which run inside syscalls, may
-                // use it.
-                let mut kept: Array<&mut MapData, u32> = map_mut(&mut ebpf, maps::ON_CPU_KEPT)?;
-                kept.set(0, 1, 0).map_err(|e| ProbeError::MapWrite {
-                    name: maps::ON_CPU_KEPT,
-                    reason: e.to_string(),
-                })?;
+            if group.name == "syscalls" && result.status == "attached" {
+                // With the scheduler group, ON_CPU names the running task from now on — kept
+                // by sched_switch, checked at every syscall entry — so the socket probes,
+                // which run inside syscalls, may use it.
+                let keeps_on_cpu = programs == group.programs;
+                syscall_switch = Some(syscalls::Switch::attached(
+                    &mut ebpf,
+                    programs,
+                    links,
+                    keeps_on_cpu,
+                    first_phase,
+                    crate::collection::monotonic_now_ns(),
+                )?);
             }
             status.insert(group.name, result);
         }
@@ -262,6 +270,7 @@ impl Probes {
             pid_max,
             selected_by_agent: 0,
             calls: calls.ok(),
+            syscall_switch,
             pids,
             max_service: 0,
         })
@@ -279,6 +288,45 @@ impl Probes {
     /// agent handed to the kernel (the kernel only copies ids it was given), within the map.
     pub(crate) fn service_ids(&self, rows: u32) -> std::ops::RangeInclusive<u32> {
         1..=u32::from(self.max_service).min(rows.saturating_sub(1))
+    }
+
+    /// Attaches the syscall probes again, if they are detached (`syscall_duty_cycle`). A
+    /// failure leaves them detached and the group reported as failed.
+    pub fn syscalls_on(&mut self) -> Result<(), ProbeError> {
+        let Some(switch) = self.syscall_switch.as_mut() else {
+            return Ok(());
+        };
+        let result = switch.attach(&mut self.ebpf, crate::collection::monotonic_now_ns());
+        if let Err(e) = &result {
+            // Whatever attached of the pair comes off again: half a pair counts nothing right.
+            let _ = switch.detach(&mut self.ebpf, crate::collection::monotonic_now_ns());
+            self.syscall_switch = None;
+            if let Some(s) = self.status.get_mut("syscalls") {
+                *s = failed(e.to_string());
+            }
+        }
+        result
+    }
+
+    /// Detaches the syscall probes until [`Self::syscalls_on`].
+    pub fn syscalls_off(&mut self) -> Result<(), ProbeError> {
+        match self.syscall_switch.as_mut() {
+            Some(switch) => switch.detach(&mut self.ebpf, crate::collection::monotonic_now_ns()),
+            None => Ok(()),
+        }
+    }
+
+    /// How long the syscall probes were attached since the last call, up to `now` (monotonic
+    /// ns); the next measuring window starts at `now`.
+    pub fn take_syscall_probe_ns(&mut self, now: u64) -> u64 {
+        self.syscall_switch
+            .as_mut()
+            .map_or(0, |s| s.take_attached_ns(now))
+    }
+
+    /// Whether the syscall probes can be cycled: they are attached and a switch holds them.
+    pub fn syscalls_cyclable(&self) -> bool {
+        self.syscall_switch.is_some()
     }
 
     pub fn attached(&self, group: &str) -> bool {
@@ -440,7 +488,7 @@ pub fn counter_name(counter: Counter) -> &'static str {
         Counter::DropErrnoFull => "syscall_errors_map_full",
         Counter::DropProcEventRingFull => "proc_events_ring_full",
         Counter::DropPidOutOfRange => "pid_above_pid_max",
-        Counter::UnmatchedExit => "syscall_in_flight_at_attach",
+        Counter::UnmatchedExit => "syscall_exits_unidentified",
         Counter::ForkInherited => "forks_inherited",
         Counter::ExecMatched => "execs_matched",
         Counter::DropTaskReadFailed => "kernel_read_failed",
@@ -455,6 +503,7 @@ pub fn counter_name(counter: Counter) -> &'static str {
         Counter::DropSyscallOutsideTable => "syscall_outside_table",
         Counter::ProcessesReleased => "processes_released",
         Counter::UntracedSwitch => "untraced_switches",
+        Counter::ExitWithoutEntry => "syscall_exits_without_entry",
     }
 }
 
@@ -467,6 +516,7 @@ pub fn is_loss(counter: Counter) -> bool {
             | Counter::ProcessesSelected
             | Counter::ProcessesReleased
             | Counter::UntracedSwitch
+            | Counter::ExitWithoutEntry
     )
 }
 
@@ -490,8 +540,13 @@ fn fallback(program: &str) -> Option<(&'static str, &'static str)> {
     ))
 }
 
-fn attach_group(ebpf: &mut Ebpf, programs: &[(&'static str, &'static str)]) -> GroupStatus {
+/// Attaches a group's programs; with the status, the links of the programs attached.
+fn attach_group(
+    ebpf: &mut Ebpf,
+    programs: &[(&'static str, &'static str)],
+) -> (GroupStatus, Vec<RawTracePointLinkId>) {
     let mut attached = Vec::new();
+    let mut links = Vec::new();
     let mut note = None;
     for &(program, tracepoint) in programs {
         let mut result = attach_one(ebpf, program, tracepoint);
@@ -508,23 +563,26 @@ fn attach_group(ebpf: &mut Ebpf, programs: &[(&'static str, &'static str)]) -> G
                 }
                 _ => None,
             };
-            return GroupStatus {
+            let status = GroupStatus {
                 status: "failed",
                 attach_points: attached,
                 error: Some(format!("{program} on raw tracepoint {tracepoint}: {e}")),
                 verifier_log,
                 note: None,
             };
+            return (status, links);
         }
         attached.push(tracepoint);
+        links.extend(result.ok());
     }
-    GroupStatus {
+    let status = GroupStatus {
         status: "attached",
         attach_points: attached,
         error: None,
         verifier_log: None,
         note,
-    }
+    };
+    (status, links)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -535,14 +593,17 @@ enum AttachError {
     Program(#[from] ProgramError),
 }
 
-fn attach_one(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<(), AttachError> {
+fn attach_one(
+    ebpf: &mut Ebpf,
+    program: &str,
+    tracepoint: &str,
+) -> Result<RawTracePointLinkId, AttachError> {
     let prog: &mut RawTracePoint = ebpf
         .program_mut(program)
         .ok_or(AttachError::Missing)?
         .try_into()?;
     prog.load()?;
-    prog.attach(tracepoint)?;
-    Ok(())
+    Ok(prog.attach(tracepoint)?)
 }
 
 /// Bumps `SELECTION_GEN`. Not atomic with the kernel's own bumps, but a lost increment still
