@@ -496,3 +496,23 @@ pub fn unix_now_ns() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Scale;
+
+    #[test]
+    fn what_the_syscall_probes_saw_is_scaled_to_the_window() {
+        // Attached 1 s of a 10 s window: 1,000 seen is 10,000 in the window.
+        assert_eq!(
+            Scale::new(10_000_000_000, 1_000_000_000).apply(1_000),
+            10_000
+        );
+        assert_eq!(Scale::new(10_000_000_000, 3_000_000_000).apply(1), 3);
+        // Attached all the window (or, by clock skew, a hair longer): as seen.
+        assert_eq!(Scale::new(10_000_000_000, 10_000_000_000).apply(777), 777);
+        assert_eq!(Scale::new(10_000_000_000, 10_000_000_100).apply(777), 777);
+        // Not attached at all: nothing was seen, nothing is made up.
+        assert_eq!(Scale::new(10_000_000_000, 0).apply(0), 0);
+    }
+}

@@ -2,6 +2,8 @@
 //! (the USE method applied to the resource its threads wait on). Every rule and threshold is
 //! here; docs/verdict.md explains why each is what it is.
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -339,13 +341,18 @@ fn failing_calls(s: &ServiceProfile, window_s: f64) -> Option<Bottleneck> {
         .filter(|e| !BENIGN_ERRNOS.contains(&e.errno.as_str()))
         .take(3)
         .map(|e| {
-            format!(
+            let mut line = format!(
                 "{} failed with {} {} times ({:.0}/s)",
                 e.syscall,
                 e.errno,
                 e.count,
                 e.count as f64 / window_s
-            )
+            );
+            if e.seen != e.count {
+                // The syscall probes were attached for part of the window only.
+                let _ = write!(line, ", estimated from {} seen", e.seen);
+            }
+            line
         })
         .chain(std::iter::once(format!(
             "{failed} of {calls} syscalls failed ({})",

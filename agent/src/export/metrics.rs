@@ -627,14 +627,15 @@ fn syscall_families(t: &Totals) -> Vec<Family> {
         "ns",
         Kind::Histogram,
         "Time from syscall entry to exit of the timed calls (every call, or a random one in \
-         syscall_sample), per service and syscall.",
+         syscall_sample, while the syscall probes are attached), per service and syscall.",
     );
     let mut calls = Family::new(
         "crmprof_syscall_calls_total",
         "crmprof.syscall.calls",
         "{call}",
         Kind::Counter,
-        "Syscalls made, every one counted, per service and syscall.",
+        "Syscalls made, per service and syscall: every call, scaled to the window when the \
+         syscall probes were attached for part of it (syscall_duty_cycle).",
     );
     let mut errors = Family::new(
         "crmprof_syscall_errors_total",

@@ -324,9 +324,15 @@ impl Probes {
             .map_or(0, |s| s.take_attached_ns(now))
     }
 
-    /// Whether the syscall probes can be cycled: they are attached and a switch holds them.
+    /// Whether the syscall probes can be detached for part of each window: they are attached,
+    /// and the scheduler group does not need them to classify waits (`sched_switch_plain`,
+    /// for kernels without `bpf_task_pt_regs`, does).
     pub fn syscalls_cyclable(&self) -> bool {
-        self.syscall_switch.is_some()
+        let plain_switch = self
+            .ebpf
+            .program(programs::SCHED_SWITCH_PLAIN)
+            .is_some_and(|p| p.fd().is_ok());
+        self.syscall_switch.is_some() && !plain_switch
     }
 
     pub fn attached(&self, group: &str) -> bool {

@@ -5,13 +5,14 @@
 //!
 //! Starts nginx (serving a 16 KiB page), PostgreSQL and Redis on loopback, then per round runs
 //! every load (or the ones named) — wrk on nginx, pgbench select-only and TPC-B-like,
-//! redis-benchmark GET/SET — five ways, in an order that rotates each round: without probes
-//! (`without`), with only the empty floor programs (`floor`, `crmprof bench-floor`), with
-//! `crmprof run` profiling the three servers as configured services (`crmprof`: the load
-//! generators stand in for clients on other hosts), with `crmprof run`'s auto-discovery,
-//! which profiles the load generators too (`crmprof-auto`), and profiling the servers without
-//! the syscall probes (`crmprof-nosys`: no per-syscall cost). Prints one JSON line per run:
-//! `{"load":…,"config":…,"round":…,"throughput":…,"p99_ms":…}`.
+//! redis-benchmark GET/SET — under three configurations, each between two runs without probes
+//! (`without`), so every run with probes has one without right before and right after it; the
+//! configurations' order rotates each round. They are: only the empty floor programs (`floor`,
+//! `crmprof bench-floor`); `crmprof run` with its defaults profiling the three servers as
+//! configured services (`crmprof`: the load generators stand in for clients on other hosts);
+//! and the same with the syscall probes attached all the time (`crmprof-always`:
+//! `syscall_duty_cycle = 1`). Prints one JSON line per run, `seq` its place in the round:
+//! `{"load":…,"config":…,"round":…,"seq":…,"throughput":…,"p99_ms":…}`.
 #![expect(
     clippy::expect_used,
     reason = "a bench driver: a failure is a message and exit"
@@ -27,13 +28,8 @@ use integration_tests::{
     servers::{self, Server},
 };
 
-const CONFIGS: [&str; 5] = [
-    "without",
-    "floor",
-    "crmprof",
-    "crmprof-auto",
-    "crmprof-nosys",
-];
+/// The configurations compared with runs without probes.
+const COMPARED: [&str; 3] = ["floor", "crmprof", "crmprof-always"];
 const LOADS: [&str; 4] = [
     "nginx-wrk",
     "pgbench-select",
@@ -97,9 +93,11 @@ fn main() {
 
     for round in 0..rounds {
         for (i, load) in names.iter().enumerate() {
-            let mut order = CONFIGS;
-            order.rotate_left((round + i) % CONFIGS.len());
-            for config in order {
+            let mut order = COMPARED;
+            order.rotate_left((round + i) % COMPARED.len());
+            let sequence = std::iter::once("without")
+                .chain(order.into_iter().flat_map(|config| [config, "without"]));
+            for (seq, config) in sequence.enumerate() {
                 eprintln!("crm-load: round {}/{rounds}, {load}, {config}", round + 1);
                 let agent = start_tracer(&crmprof, config, &dir);
                 let run = loads.run(load);
@@ -108,7 +106,7 @@ fn main() {
                 }
                 println!(
                     "{{\"load\":\"{load}\",\"config\":\"{config}\",\"round\":{round},\
-                     \"throughput\":{:.1},\"p99_ms\":{:.3}}}",
+                     \"seq\":{seq},\"throughput\":{:.1},\"p99_ms\":{:.3}}}",
                     run.throughput, run.p99_ms
                 );
             }
@@ -133,18 +131,16 @@ fn start_tracer(crmprof: &Path, config: &str, dir: &Path) -> Option<Agent> {
         "floor" => {
             cmd.arg("bench-floor");
         }
-        "crmprof" | "crmprof-auto" | "crmprof-nosys" => {
+        "crmprof" | "crmprof-always" => {
             let conf = dir.join(format!("{config}.toml"));
             let mut text = format!(
                 "data_dir = \"{}\"\n[export.prometheus]\nenabled = false\n",
                 dir.join("data").display()
             );
-            if config == "crmprof-nosys" {
-                text.insert_str(0, "disable_groups = [\"syscalls\"]\n");
+            if config == "crmprof-always" {
+                text.insert_str(0, "syscall_duty_cycle = 1\n");
             }
-            if config != "crmprof-auto" {
-                text.push_str(SERVERS_ONLY);
-            }
+            text.push_str(SERVERS_ONLY);
             std::fs::write(&conf, text).expect("writing the crmprof config");
             cmd.args(["-v", "run", "--quiet", "--config"]).arg(&conf);
         }

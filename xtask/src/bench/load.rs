@@ -1,11 +1,10 @@
 //! Realistic CRM loads: throughput and p99 latency of nginx, PostgreSQL and Redis under their
-//! usual load generators, without probes, with the empty floor programs, with `crmprof run`
-//! profiling the three servers, with its auto-discovery profiling the load generators too, and
-//! profiling the servers without the syscall probes.
-//! The runs themselves are `crm-load` (tests/src/bin), which starts the servers and interleaves
-//! the configurations round by round.
+//! usual load generators, without probes, with the empty floor programs, and with `crmprof run`
+//! profiling the three servers (with its defaults, and with the syscall probes attached all the
+//! time). The runs themselves are `crm-load` (tests/src/bin), which starts the servers and runs
+//! each configuration between two runs without probes.
 
-use std::{collections::BTreeMap, fmt::Write as _, path::Path, process::Command};
+use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
@@ -33,16 +32,23 @@ const LOADS: [(&str, &str); 4] = [
         "Redis, redis-benchmark GET and SET, 50 clients",
     ),
 ];
-const CONFIGS: [&str; 5] = [
-    "without",
-    "floor",
-    "crmprof",
-    "crmprof-auto",
-    "crmprof-nosys",
+/// The configurations compared with `without`, as the table names them.
+const COMPARED: [(&str, &str); 3] = [
+    ("crmprof", "crmprof"),
+    ("floor", "floor"),
+    ("crmprof-always", "always attached"),
 ];
 
-/// (load, config) → per-round (throughput, p99 ms).
-type Runs = BTreeMap<(String, String), Vec<(f64, f64)>>;
+/// One load run as `crm-load` prints it.
+struct Run {
+    load: String,
+    config: String,
+    round: u64,
+    /// Its place in the round's sequence for its load: runs without probes are at even places.
+    seq: u64,
+    throughput: f64,
+    p99_ms: f64,
+}
 
 pub struct Report {
     pub markdown: String,
@@ -57,9 +63,10 @@ pub fn measure(
     seconds: u64,
 ) -> anyhow::Result<Report> {
     eprintln!(
-        "==> bench: realistic loads, {rounds} rounds × {} loads × {} configurations × {seconds} s",
+        "==> bench: realistic loads, {rounds} rounds × {} loads × {} configurations (each \
+         between two runs without probes) × {seconds} s",
         LOADS.len(),
-        CONFIGS.len()
+        COMPARED.len()
     );
     let out = Command::new(crm_load)
         .arg(crmprof)
@@ -71,102 +78,106 @@ pub fn measure(
     if !out.status.success() {
         bail!("crm-load failed ({})", out.status);
     }
-    let mut runs = Runs::new();
+    let mut runs = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("crm-load printed {line:?}"))?;
-        let key = (
-            v["load"].as_str().unwrap_or_default().to_owned(),
-            v["config"].as_str().unwrap_or_default().to_owned(),
-        );
-        let run = (
-            v["throughput"].as_f64().unwrap_or(0.0),
-            v["p99_ms"].as_f64().unwrap_or(0.0),
-        );
-        runs.entry(key).or_default().push(run);
+        runs.push(Run {
+            load: v["load"].as_str().unwrap_or_default().to_owned(),
+            config: v["config"].as_str().unwrap_or_default().to_owned(),
+            round: v["round"].as_u64().unwrap_or(0),
+            seq: v["seq"].as_u64().unwrap_or(0),
+            throughput: v["throughput"].as_f64().unwrap_or(0.0),
+            p99_ms: v["p99_ms"].as_f64().unwrap_or(0.0),
+        });
     }
     Ok(report(&runs, rounds, seconds))
 }
 
-/// The median over rounds of a configuration's figure divided by the same round's figure
-/// without probes: pairing runs from one round cancels the drift between rounds.
-fn paired_ratio(runs: &Runs, load: &str, config: &str, figure: fn(&(f64, f64)) -> f64) -> f64 {
-    let of = |c: &str| runs.get(&(load.to_owned(), c.to_owned()));
-    let (Some(with), Some(without)) = (of(config), of("without")) else {
-        return 0.0;
+/// The median over a configuration's runs of its figure divided by the mean of the runs
+/// without probes right before and right after it: pairing neighbours in time cancels most of
+/// the machine's drift, which here moves throughput by ±10% within a minute.
+fn paired_ratio(runs: &[Run], load: &str, config: &str, figure: fn(&Run) -> f64) -> f64 {
+    let without = |round: u64, seq: u64| {
+        runs.iter()
+            .find(|r| r.load == load && r.config == "without" && r.round == round && r.seq == seq)
     };
-    let ratios: Vec<f64> = with
+    let ratios: Vec<f64> = runs
         .iter()
-        .zip(without)
-        .map(|(w, o)| figure(w) / figure(o).max(1e-9))
+        .filter(|r| r.load == load && r.config == config)
+        .filter_map(|r| {
+            let before = without(r.round, r.seq.checked_sub(1)?)?;
+            let after = without(r.round, r.seq + 1)?;
+            Some(figure(r) / ((figure(before) + figure(after)) / 2.0).max(1e-9))
+        })
         .collect();
+    if ratios.is_empty() {
+        return 0.0;
+    }
     stats(&ratios).1
 }
 
-fn report(runs: &Runs, rounds: usize, seconds: u64) -> Report {
+fn report(runs: &[Run], rounds: usize, seconds: u64) -> Report {
     let mut md = String::new();
     let mut missed = Vec::new();
     let _ = writeln!(md, "## Realistic CRM loads\n");
     let _ = writeln!(
         md,
-        "Each load for {seconds} s under five configurations — no probes, the empty floor \
-         programs, `crmprof run` profiling the three servers as configured services (the load \
-         generators stand in for clients on other hosts), `crmprof run` with auto-discovery, \
-         which profiles the load generators too (*auto*), and the servers profiled with \
-         `disable_groups = [\"syscalls\"]` (*no syscalls*: no per-syscall cost on the host; \
-         wait reasons still classified, syscall counts and errors not collected) — {rounds} \
-         rounds, the order \
-         rotated each round. Servers and load generators share the machine's CPUs. Figures are \
-         medians (min–max); each ratio is the median over rounds of that round's run divided \
-         by the same round's run without probes. The targets apply to `crmprof`.\n"
+        "Each load for {seconds} s under three configurations — the empty floor programs; \
+         `crmprof run` with its defaults profiling the three servers as configured services \
+         (the load generators stand in for clients on other hosts), which keeps the syscall \
+         probes attached for the first tenth of each 10 s window (`syscall_duty_cycle = 0.1`; a \
+         run starts with the agent, so its first second has them attached: an eighth of an \
+         8 s run); and the same with them attached all the time (*always attached*, \
+         `syscall_duty_cycle = 1`) — each between two runs without probes, {rounds} rounds, \
+         the order rotated each round. Servers and load generators share the machine's CPUs. \
+         Throughput is the median (min–max) over runs; each ratio is the median over rounds of \
+         a run divided by the mean of the runs without probes right before and after it. The \
+         targets apply to `crmprof`.\n"
     );
+    let labels: Vec<&str> = COMPARED.iter().map(|(_, label)| *label).collect();
     let _ = writeln!(
         md,
-        "| load | throughput without | floor | crmprof | crmprof ÷ without | floor ÷ without | \
-         auto ÷ without | no syscalls ÷ without | p99 ms without | crmprof | p99 ratio | auto \
-         p99 ratio | no syscalls p99 ratio |"
+        "| load | throughput without | throughput crmprof | throughput ÷ without: {} | p99 ms \
+         without | p99 ratio: {} |",
+        labels.join(" | "),
+        labels.join(" | ")
     );
-    let _ = writeln!(
-        md,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    );
-    let throughput = |r: &(f64, f64)| r.0;
-    let p99 = |r: &(f64, f64)| r.1;
+    let columns = 4 + 2 * COMPARED.len();
+    let _ = writeln!(md, "|{}", " --- |".repeat(columns));
+    let throughput = |r: &Run| r.throughput;
+    let p99 = |r: &Run| r.p99_ms;
     for (load, what) in LOADS {
-        let get = |config: &str, figure: fn(&(f64, f64)) -> f64| -> Vec<f64> {
-            runs.get(&(load.to_owned(), config.to_owned()))
-                .map(|v| v.iter().map(figure).collect())
-                .unwrap_or_default()
+        let get = |config: &str, figure: fn(&Run) -> f64| -> Vec<f64> {
+            runs.iter()
+                .filter(|r| r.load == load && r.config == config)
+                .map(figure)
+                .collect()
         };
         if get("without", throughput).is_empty() {
             continue;
         }
-        let (t_without, t_floor, t_crm) = (
-            stats(&get("without", throughput)),
-            stats(&get("floor", throughput)),
-            stats(&get("crmprof", throughput)),
-        );
-        let (p_without, p_crm) = (stats(&get("without", p99)), stats(&get("crmprof", p99)));
-        let ratio = paired_ratio(runs, load, "crmprof", throughput);
-        let floor_ratio = paired_ratio(runs, load, "floor", throughput);
-        let auto_ratio = paired_ratio(runs, load, "crmprof-auto", throughput);
-        let p99_ratio = paired_ratio(runs, load, "crmprof", p99);
-        let auto_p99_ratio = paired_ratio(runs, load, "crmprof-auto", p99);
-        let lean_ratio = paired_ratio(runs, load, "crmprof-nosys", throughput);
-        let lean_p99_ratio = paired_ratio(runs, load, "crmprof-nosys", p99);
         let range = |s: (f64, f64, f64)| format!("{:.0} ({:.0}–{:.0})", s.1, s.0, s.2);
+        let ratios = |figure: fn(&Run) -> f64, digits: usize| -> String {
+            COMPARED
+                .iter()
+                .map(|(config, _)| format!("{:.digits$}", paired_ratio(runs, load, config, figure)))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
         let _ = writeln!(
             md,
-            "| {what} | {} | {} | {} | {ratio:.3} | {floor_ratio:.3} | {auto_ratio:.3} | \
-             {lean_ratio:.3} | {:.2} | {:.2} | {p99_ratio:.2} | {auto_p99_ratio:.2} | \
-             {lean_p99_ratio:.2} |",
-            range(t_without),
-            range(t_floor),
-            range(t_crm),
-            p_without.1,
-            p_crm.1,
+            "| {what} | {} | {} | {} | {:.2} | {} |",
+            range(stats(&get("without", throughput))),
+            range(stats(&get("crmprof", throughput))),
+            ratios(throughput, 3),
+            stats(&get("without", p99)).1,
+            ratios(p99, 2),
         );
+        let ratio = paired_ratio(runs, load, "crmprof", throughput);
+        let p99_ratio = paired_ratio(runs, load, "crmprof", p99);
         if ratio < TARGET_THROUGHPUT || p99_ratio > TARGET_P99 {
+            let floor_ratio = paired_ratio(runs, load, "floor", throughput);
             missed.push(format!(
                 "{load}: throughput {ratio:.3} × without (floor alone {floor_ratio:.3}), p99 \
                  {p99_ratio:.2} ×"

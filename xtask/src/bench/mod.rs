@@ -632,8 +632,8 @@ fn own_section(md: &mut String, own: &OwnCost) {
     let _ = writeln!(
         md,
         "`crmprof run --interval 1s` (every process selected; a window every second, ten times \
-         the default) while a process makes 100,000 getppid/s for {} s, against the same time \
-         idle.\n",
+         the default; `syscall_duty_cycle = 1`, so the syscall probes count every call all the \
+         time) while a process makes 100,000 getppid/s for {} s, against the same time idle.\n",
         own.seconds
     );
     let _ = writeln!(md, "| figure | idle | at 100k syscalls/s |");
@@ -675,8 +675,12 @@ struct OwnCost {
 
 fn own_cost(tools: &Tools, millis: u64) -> anyhow::Result<OwnCost> {
     let data = tools.scratch.join("data");
+    let config = tools.scratch.join("own-cost.toml");
+    std::fs::write(&config, "syscall_duty_cycle = 1\n").context("writing own-cost.toml")?;
     let mut c = Command::new(&tools.crmprof);
-    c.args(["-v", "run", "--quiet", "--interval", "1s", "--data-dir"])
+    c.args(["-v", "run", "--quiet", "--interval", "1s", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
         .arg(&data);
     let tracer = start_tracer(c, "measuring")?;
     let pid = tracer.pid();

@@ -1,6 +1,6 @@
-//! The soak: `crmprof run` (defaults: auto-discovery, a window every 10 s) for many minutes
-//! under a steady 100k syscalls/s and constant process churn, its resident memory and CPU
-//! sampled every 30 s. Memory must stay under 64 MiB and flat.
+//! The soak: `crmprof run` (defaults: auto-discovery, a window every 10 s, the syscall probes
+//! attached for its first second) for many minutes under a steady 100k syscalls/s and constant
+//! process churn, its resident memory and CPU sampled every 30 s. Memory must stay under 64 MiB and flat.
 
 use std::{
     fmt::Write as _,
@@ -86,7 +86,8 @@ pub fn measure(tools: &Tools, minutes: u64) -> anyhow::Result<Report> {
     let _ = writeln!(md, "## Soak\n");
     let _ = writeln!(
         md,
-        "`crmprof run` with its defaults (auto-discovery, a window every 10 s) for {minutes} \
+        "`crmprof run` with its defaults (auto-discovery, a window every 10 s, the syscall probes \
+         attached for its first second: attached and detached six times a minute) for {minutes} \
          minutes while a process makes 100,000 getppid/s and {spawned} short-lived processes \
          start and exit (ten a second). Resident memory and CPU sampled every 30 s.\n"
     );
