@@ -207,14 +207,14 @@ impl Switch {
     }
 
     /// Detaches the programs: from here on no syscall on the host pays for them.
+    /// Also takes off what a failed [`Self::attach`] left attached.
     pub fn detach(&mut self, ebpf: &mut Ebpf, now: u64) -> Result<(), ProbeError> {
-        let Some(since) = self.since.take() else {
-            return Ok(());
-        };
-        if self.keeps_on_cpu {
-            set(ebpf, maps::ON_CPU_KEPT, 0)?;
+        if let Some(since) = self.since.take() {
+            if self.keeps_on_cpu {
+                set(ebpf, maps::ON_CPU_KEPT, 0)?;
+            }
+            self.banked_ns += now.saturating_sub(since.max(self.window_start));
         }
-        self.banked_ns += now.saturating_sub(since.max(self.window_start));
         for (&(program, tracepoint), link) in self.programs.iter().zip(self.links.drain(..)) {
             raw_tracepoint(ebpf, program)?
                 .detach(link)
