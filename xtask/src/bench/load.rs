@@ -56,11 +56,13 @@ pub struct Report {
     pub missed: Vec<String>,
 }
 
+/// Runs `crm-load` and reports its runs; every run, as it printed it, is also kept in `raw`.
 pub fn measure(
     crm_load: &Path,
     crmprof: &Path,
     rounds: usize,
     seconds: u64,
+    raw: &Path,
 ) -> anyhow::Result<Report> {
     eprintln!(
         "==> bench: realistic loads, {rounds} rounds × {} loads × {} configurations (each \
@@ -78,6 +80,7 @@ pub fn measure(
     if !out.status.success() {
         bail!("crm-load failed ({})", out.status);
     }
+    std::fs::write(raw, &out.stdout).with_context(|| format!("writing {}", raw.display()))?;
     let mut runs = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let v: serde_json::Value =
@@ -132,8 +135,8 @@ fn report(runs: &[Run], rounds: usize, seconds: u64) -> Report {
          `syscall_duty_cycle = 1`) — each between two runs without probes, {rounds} rounds, \
          the order rotated each round. Servers and load generators share the machine's CPUs. \
          Throughput is the median (min–max) over runs; each ratio is the median over rounds of \
-         a run divided by the mean of the runs without probes right before and after it. The \
-         targets apply to `crmprof`.\n"
+         a run divided by the mean of the runs without probes right before and after it; every \
+         run is in `target/bench-realistic.jsonl`. The targets apply to `crmprof`.\n"
     );
     let labels: Vec<&str> = COMPARED.iter().map(|(_, label)| *label).collect();
     let _ = writeln!(

@@ -490,8 +490,10 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
     let realistic = if opts.quick {
         None
     } else {
-        let target = crate::util::target_dir()?.join("release");
-        let r = load::measure(&target.join("crm-load"), &tools.crmprof, 5, 8)?;
+        let target = crate::util::target_dir()?;
+        let raw = target.join("bench-realistic.jsonl");
+        let crm_load = target.join("release").join("crm-load");
+        let r = load::measure(&crm_load, &tools.crmprof, 5, 8, &raw)?;
         missed.extend(r.missed.iter().cloned());
         Some(r.markdown)
     };
