@@ -11,7 +11,11 @@
 //! `crmprof bench-floor`); `crmprof run` with its defaults profiling the three servers as
 //! configured services (`crmprof`: the load generators stand in for clients on other hosts);
 //! and the same with the syscall probes attached all the time (`crmprof-always`:
-//! `syscall_duty_cycle = 1`). Prints one JSON line per run, `seq` its place in the round:
+//! `syscall_duty_cycle = 1`). The agent's window is the run's length and a run starts as the
+//! agent starts measuring, so each run with `crmprof` is one whole window, its first tenth
+//! with the syscall probes attached — as every window of a long-running agent. Many short
+//! rounds beat a few long ones here: neighbouring runs share the machine's drift. Prints one
+//! JSON line per run, `seq` its place in the round:
 //! `{"load":…,"config":…,"round":…,"seq":…,"throughput":…,"p99_ms":…}`.
 #![expect(
     clippy::expect_used,
@@ -99,7 +103,7 @@ fn main() {
                 .chain(order.into_iter().flat_map(|config| [config, "without"]));
             for (seq, config) in sequence.enumerate() {
                 eprintln!("crm-load: round {}/{rounds}, {load}, {config}", round + 1);
-                let agent = start_tracer(&crmprof, config, &dir);
+                let agent = start_tracer(&crmprof, config, &dir, seconds);
                 let run = loads.run(load);
                 if let Some(agent) = agent {
                     agent.interrupt();
@@ -123,9 +127,9 @@ const SERVERS_ONLY: &str = "[discovery]\nauto = false\n\
     [[service]]\nname = \"postgresql\"\ncomm = \"postgres\"\n\
     [[service]]\nname = \"redis\"\ncomm = \"redis-server\"\n";
 
-/// crmprof for one run: the floor programs or `crmprof run`, started and waited for as the
-/// tests do ([`Agent`]); `None` for the run without probes.
-fn start_tracer(crmprof: &Path, config: &str, dir: &Path) -> Option<Agent> {
+/// crmprof for one run: the floor programs or `crmprof run` (its window `seconds` long),
+/// started and waited for as the tests do ([`Agent`]); `None` for the run without probes.
+fn start_tracer(crmprof: &Path, config: &str, dir: &Path, seconds: u64) -> Option<Agent> {
     let mut cmd = Command::new(crmprof);
     match config {
         "floor" => {
@@ -134,7 +138,8 @@ fn start_tracer(crmprof: &Path, config: &str, dir: &Path) -> Option<Agent> {
         "crmprof" | "crmprof-always" => {
             let conf = dir.join(format!("{config}.toml"));
             let mut text = format!(
-                "data_dir = \"{}\"\n[export.prometheus]\nenabled = false\n",
+                "data_dir = \"{}\"\ninterval = \"{seconds}s\"\n\
+                 [export.prometheus]\nenabled = false\n",
                 dir.join("data").display()
             );
             if config == "crmprof-always" {

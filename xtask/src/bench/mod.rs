@@ -493,7 +493,7 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
         let target = crate::util::target_dir()?;
         let raw = target.join("bench-realistic.jsonl");
         let crm_load = target.join("release").join("crm-load");
-        let r = load::measure(&crm_load, &tools.crmprof, 5, 8, &raw)?;
+        let r = load::measure(&crm_load, &tools.crmprof, 20, 2, &raw)?;
         missed.extend(r.missed.iter().cloned());
         Some(r.markdown)
     };
