@@ -7,7 +7,7 @@
 
 use agent_ebpf::{Counter, NO_SERVICE, NetStats, OnCpu, PeerKey, PeerStats, proc_event};
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
@@ -165,9 +165,16 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_bytes(ctx: &RawTracePointContext, send: bool) -> Result<(), ()> {
+    // A read that found nothing (EAGAIN at the end of an event loop's read burst) or failed
+    // moved no bytes: done before any lookup.
+    let ret = ctx.arg::<u64>(1) as i32;
+    if ret <= 0 {
+        return Ok(());
+    }
+    let bytes = ret as u64;
     // Process context (sendmsg/recvmsg): the caller is this CPU's running task, which ON_CPU
-    // names when sched_switch keeps it (no helper call); otherwise ask for the pid.
-    let c = if on_cpu_kept() { on_cpu() } else { None };
+    // names when it can be vouched for; otherwise ask for the pid.
+    let c = running_task();
     let service = match c {
         // SAFETY: this CPU's element; programs run with migration disabled.
         Some(c) => unsafe { (*c).service },
@@ -176,11 +183,6 @@ fn try_bytes(ctx: &RawTracePointContext, send: bool) -> Result<(), ()> {
     if service == u32::from(NO_SERVICE) {
         return Ok(());
     }
-    let ret = ctx.arg::<u64>(1) as i32;
-    if ret <= 0 {
-        return Ok(());
-    }
-    let bytes = ret as u64;
     let stats = net_stats(service).ok_or(())?;
     // SAFETY: this CPU's element of a per-CPU array.
     unsafe {
@@ -196,6 +198,8 @@ fn try_bytes(ctx: &RawTracePointContext, send: bool) -> Result<(), ()> {
         add_peer_bytes(&peer, send, bytes);
         return Ok(());
     };
+    // The task's bytes to one peer add up in ON_CPU and reach PEER_STATS (a hash) once, when
+    // the peer changes or the task switches out.
     // SAFETY: this CPU's ON_CPU element, as above.
     unsafe {
         if (*c).peer_set == 0 || (*c).peer != peer {
@@ -211,6 +215,22 @@ fn try_bytes(ctx: &RawTracePointContext, send: bool) -> Result<(), ()> {
         }
     }
     Ok(())
+}
+
+/// This CPU's ON_CPU when it names the running task: while the syscall probes run, their entry
+/// checked it; otherwise when the task `sched_switch` last switched in here is the current one
+/// (one helper call, as asking for the pid would be). `None` when neither holds — no
+/// scheduler group, or a switch the tracepoint did not see (docs/probes.md).
+#[inline(always)]
+fn running_task() -> Option<*mut OnCpu> {
+    let c = on_cpu()?;
+    if on_cpu_kept() {
+        return Some(c);
+    }
+    // SAFETY: bpf_get_current_task has no preconditions.
+    let current = unsafe { bpf_get_current_task() };
+    // SAFETY: this CPU's element; `task` is 0 unless a traced switch set it.
+    (unsafe { (*c).task } == current && current != 0).then_some(c)
 }
 
 #[inline(always)]

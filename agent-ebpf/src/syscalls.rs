@@ -178,15 +178,16 @@ fn begin(rng: &mut u32, nr: u64) -> u64 {
 /// saved registers, which name the call when its start was not seen.
 #[inline(always)]
 fn finish(service: u32, packed: u64, regs: *const u8, ret: i64) {
-    let packed = if packed != 0 && start::phase(packed) == syscall_phase() {
-        packed
+    // The call's number, and its start when this attach timed it.
+    let (nr, timed) = if packed != 0 && start::phase(packed) == syscall_phase() {
+        let timed = start::time(packed) != start::UNTIMED;
+        (start::nr(packed), timed.then_some(packed))
     } else {
         match exit_without_entry(regs, ret) {
-            Some(nr) => start::pack(start::UNTIMED, u64::from(nr), 0),
+            Some(nr) => (nr, None),
             None => return,
         }
     };
-    let nr = start::nr(packed);
     // SAFETY: a read of a loader-filled global.
     let rows = unsafe { core::ptr::read_volatile(&SYSCALL_ROWS) };
     // SAFETY: bpf_get_smp_processor_id has no preconditions (the verifier inlines it).
@@ -208,8 +209,7 @@ fn finish(service: u32, packed: u64, regs: *const u8, ret: i64) {
     if (-MAX_ERRNO..0).contains(&ret) {
         record_errno(&key, (-ret) as u32);
     }
-    let started = start::time(packed);
-    if started != start::UNTIMED {
+    if let Some(packed) = timed {
         // SAFETY: bpf_ktime_get_ns has no preconditions.
         let elapsed = start::elapsed(unsafe { bpf_ktime_get_ns() }, packed);
         record_latency(&key, elapsed);

@@ -16,19 +16,14 @@ pub const MISSING: u32 = u32::MAX;
 pub fn offsets(path: &Path) -> Result<Offsets, ProbeError> {
     // Read whole, then parsed from memory: parsing from the file seeks once per type (~100k
     // lseek calls for a distribution kernel's 5 MiB), which under strace takes seconds.
-    let bytes = std::fs::read(path).map_err(|e| ProbeError::Btf {
+    let unreadable = |reason: String| ProbeError::Btf {
         path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
-    let btf = Btf::from_bytes(&bytes).map_err(|e| ProbeError::Btf {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
+    let btf = Btf::from_bytes(&bytes).map_err(|e| unreadable(e.to_string()))?;
     let required = |ty: &str, field: &str| {
-        field_offset(&btf, ty, field).ok_or_else(|| ProbeError::Btf {
-            path: path.to_owned(),
-            reason: format!("{ty}.{field} not found"),
-        })
+        field_offset(&btf, ty, field).ok_or_else(|| unreadable(format!("{ty}.{field} not found")))
     };
     let optional = |ty: &str, field: &str| field_offset(&btf, ty, field).unwrap_or(MISSING);
     Ok(Offsets {

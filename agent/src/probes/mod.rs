@@ -143,6 +143,9 @@ pub struct Probes {
     calls: Option<syscalls::CallCounts>,
     /// The syscall group's links, when it is attached.
     syscall_switch: Option<syscalls::Switch>,
+    /// Whether `sched_switch_plain` (kernels without `bpf_task_pt_regs`) runs: it classifies
+    /// waits only from the calls the syscall probes record, so they may not be cycled.
+    plain_switch: bool,
     /// `PID_SERVICE`, mapped into the agent: a process's service is written as the two bytes
     /// it is, never as the whole element it shares with three neighbouring pids.
     pids: mapping::Mapping,
@@ -264,6 +267,9 @@ impl Probes {
                 .join("; ");
             return Err(ProbeError::NothingAttached(why));
         }
+        let plain_switch = ebpf
+            .program(programs::SCHED_SWITCH_PLAIN)
+            .is_some_and(|p| p.fd().is_ok());
         Ok(Self {
             ebpf,
             status,
@@ -271,6 +277,7 @@ impl Probes {
             selected_by_agent: 0,
             calls: calls.ok(),
             syscall_switch,
+            plain_switch,
             pids,
             max_service: 0,
         })
@@ -328,11 +335,7 @@ impl Probes {
     /// and the scheduler group does not need them to classify waits (`sched_switch_plain`,
     /// for kernels without `bpf_task_pt_regs`, does).
     pub fn syscalls_cyclable(&self) -> bool {
-        let plain_switch = self
-            .ebpf
-            .program(programs::SCHED_SWITCH_PLAIN)
-            .is_some_and(|p| p.fd().is_ok());
-        self.syscall_switch.is_some() && !plain_switch
+        self.syscall_switch.is_some() && !self.plain_switch
     }
 
     pub fn attached(&self, group: &str) -> bool {
@@ -592,7 +595,7 @@ fn attach_group(
 }
 
 #[derive(Debug, thiserror::Error)]
-enum AttachError {
+pub(crate) enum AttachError {
     #[error("program not found in the object")]
     Missing,
     #[error("{0}")]
@@ -604,24 +607,43 @@ fn attach_one(
     program: &str,
     tracepoint: &str,
 ) -> Result<RawTracePointLinkId, AttachError> {
-    let prog: &mut RawTracePoint = ebpf
-        .program_mut(program)
-        .ok_or(AttachError::Missing)?
-        .try_into()?;
+    let prog = raw_tracepoint(ebpf, program)?;
     prog.load()?;
     Ok(prog.attach(tracepoint)?)
+}
+
+/// The raw tracepoint program `program` of the object.
+fn raw_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    program: &str,
+) -> Result<&'a mut RawTracePoint, AttachError> {
+    Ok(ebpf
+        .program_mut(program)
+        .ok_or(AttachError::Missing)?
+        .try_into()?)
 }
 
 /// Bumps `SELECTION_GEN`. Not atomic with the kernel's own bumps, but a lost increment still
 /// leaves a value no CPU cached before this change, which is all that matters.
 fn bump_generation(ebpf: &mut Ebpf) -> Result<(), ProbeError> {
-    let mut map: Array<&mut MapData, u64> = map_mut(ebpf, maps::SELECTION_GEN)?;
-    let current = map.get(&0, 0).unwrap_or(0);
-    map.set(0, current.wrapping_add(1), 0)
-        .map_err(|e| ProbeError::MapWrite {
-            name: maps::SELECTION_GEN,
-            reason: e.to_string(),
-        })
+    let current = map_ref::<Array<&MapData, u64>>(ebpf, maps::SELECTION_GEN)?
+        .get(&0, 0)
+        .unwrap_or(0);
+    set_scalar(ebpf, maps::SELECTION_GEN, current.wrapping_add(1))
+}
+
+/// Writes `value` into element 0 of the array map `name`: the one-value maps through which
+/// the agent tells the programs something (a generation, a window start, a phase).
+pub(crate) fn set_scalar<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    value: V,
+) -> Result<(), ProbeError> {
+    let mut map: Array<&mut MapData, V> = map_mut(ebpf, name)?;
+    map.set(0, value, 0).map_err(|e| ProbeError::MapWrite {
+        name,
+        reason: e.to_string(),
+    })
 }
 
 pub(crate) fn map_ref<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, ProbeError>

@@ -148,11 +148,7 @@ pub fn open_intervals(
 /// Tells the kernel a new window starts at `start` (monotonic ns): intervals ending later count
 /// only from there.
 pub fn start_window(probes: &mut Probes, start: u64) -> Result<(), ProbeError> {
-    let mut map: Array<&mut MapData, u64> = map_mut(probes.ebpf_mut(), maps::WINDOW)?;
-    map.set(0, start, 0).map_err(|e| ProbeError::MapWrite {
-        name: maps::WINDOW,
-        reason: e.to_string(),
-    })
+    super::set_scalar(probes.ebpf_mut(), maps::WINDOW, start)
 }
 
 /// The class of each syscall, by name (x86_64).

@@ -9,7 +9,7 @@ use agent_ebpf::{
 };
 use aya::{
     Ebpf,
-    maps::{Array, MapData, PerCpuHashMap},
+    maps::{MapData, PerCpuHashMap},
     programs::{ProgramError, RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 
@@ -154,7 +154,7 @@ pub struct Switch {
 impl Switch {
     /// Numbers the first attach; call before the group's programs are attached.
     pub fn first_phase(ebpf: &mut Ebpf) -> Result<u32, ProbeError> {
-        set(ebpf, maps::SYSCALL_PHASE, 1)?;
+        super::set_scalar(ebpf, maps::SYSCALL_PHASE, 1_u32)?;
         Ok(1)
     }
 
@@ -168,7 +168,7 @@ impl Switch {
         now: u64,
     ) -> Result<Self, ProbeError> {
         if keeps_on_cpu {
-            set(ebpf, maps::ON_CPU_KEPT, 1)?;
+            super::set_scalar(ebpf, maps::ON_CPU_KEPT, 1_u32)?;
         }
         Ok(Self {
             programs,
@@ -191,7 +191,7 @@ impl Switch {
             return Ok(());
         }
         self.phase = self.phase % start::PHASE_MASK as u32 + 1;
-        set(ebpf, maps::SYSCALL_PHASE, self.phase)?;
+        super::set_scalar(ebpf, maps::SYSCALL_PHASE, self.phase)?;
         for &(program, tracepoint) in self.programs {
             let link = raw_tracepoint(ebpf, program)?
                 .attach(tracepoint)
@@ -201,7 +201,7 @@ impl Switch {
         self.since = Some(now);
         // Only now, with both programs in place, does `ON_CPU` name every caller again.
         if self.keeps_on_cpu {
-            set(ebpf, maps::ON_CPU_KEPT, 1)?;
+            super::set_scalar(ebpf, maps::ON_CPU_KEPT, 1_u32)?;
         }
         Ok(())
     }
@@ -211,7 +211,7 @@ impl Switch {
     pub fn detach(&mut self, ebpf: &mut Ebpf, now: u64) -> Result<(), ProbeError> {
         if let Some(since) = self.since.take() {
             if self.keeps_on_cpu {
-                set(ebpf, maps::ON_CPU_KEPT, 0)?;
+                super::set_scalar(ebpf, maps::ON_CPU_KEPT, 0_u32)?;
             }
             self.banked_ns += now.saturating_sub(since.max(self.window_start));
         }
@@ -240,10 +240,8 @@ fn raw_tracepoint<'a>(
     ebpf: &'a mut Ebpf,
     program: &str,
 ) -> Result<&'a mut RawTracePoint, ProbeError> {
-    ebpf.program_mut(program)
-        .ok_or_else(|| ProbeError::SyscallCycle(format!("{program}: not in the object")))?
-        .try_into()
-        .map_err(|e: ProgramError| ProbeError::SyscallCycle(format!("{program}: {e}")))
+    super::raw_tracepoint(ebpf, program)
+        .map_err(|e| ProbeError::SyscallCycle(format!("{program}: {e}")))
 }
 
 fn attach_error(program: &str, tracepoint: &str, e: &ProgramError) -> ProbeError {
@@ -251,12 +249,4 @@ fn attach_error(program: &str, tracepoint: &str, e: &ProgramError) -> ProbeError
         "{program} on raw tracepoint {tracepoint}: {}",
         super::error_chain(e)
     ))
-}
-
-fn set(ebpf: &mut Ebpf, name: &'static str, value: u32) -> Result<(), ProbeError> {
-    let mut map: Array<&mut MapData, u32> = super::map_mut(ebpf, name)?;
-    map.set(0, value, 0).map_err(|e| ProbeError::MapWrite {
-        name,
-        reason: e.to_string(),
-    })
 }

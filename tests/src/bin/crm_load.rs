@@ -1,7 +1,7 @@
 //! Throughput and tail latency of real CRM servers with and without crmprof profiling them:
 //! the realistic half of `cargo xtask bench`.
 //!
-//! usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...]
+//! usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...] [CONFIG,...]
 //!
 //! Starts nginx (serving a 16 KiB page), PostgreSQL and Redis on loopback, then per round runs
 //! every load (or the ones named) — wrk on nginx, pgbench select-only and TPC-B-like,
@@ -16,7 +16,7 @@
 //! with the syscall probes attached — as every window of a long-running agent. Many short
 //! rounds beat a few long ones here: neighbouring runs share the machine's drift. Prints one
 //! JSON line per run, `seq` its place in the round:
-//! `{"load":…,"config":…,"round":…,"seq":…,"throughput":…,"p99_ms":…}`.
+//! `{"load":…,"what":…,"config":…,"round":…,"seq":…,"throughput":…,"p99_ms":…}`.
 #![expect(
     clippy::expect_used,
     reason = "a bench driver: a failure is a message and exit"
@@ -34,11 +34,24 @@ use integration_tests::{
 
 /// The configurations compared with runs without probes.
 const COMPARED: [&str; 3] = ["floor", "crmprof", "crmprof-always"];
-const LOADS: [&str; 4] = [
-    "nginx-wrk",
-    "pgbench-select",
-    "pgbench-tpcb",
-    "redis-get-set",
+/// Each load's name and what it is (printed with its runs, for the bench's report).
+const LOADS: [(&str, &str); 4] = [
+    (
+        "nginx-wrk",
+        "nginx (2 workers) serving a 16 KiB page, wrk 2 threads × 32 connections",
+    ),
+    (
+        "pgbench-select",
+        "PostgreSQL, pgbench select-only, 8 clients (scale 10)",
+    ),
+    (
+        "pgbench-tpcb",
+        "PostgreSQL, pgbench TPC-B-like, 8 clients (scale 10)",
+    ),
+    (
+        "redis-get-set",
+        "Redis, redis-benchmark GET and SET, 50 clients",
+    ),
 ];
 
 struct Loads {
@@ -58,22 +71,43 @@ struct Run {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (crmprof, rounds, seconds, only) = match args.as_slice() {
-        [crmprof, rounds, seconds] => (crmprof, rounds, seconds, None),
-        [crmprof, rounds, seconds, only] => (crmprof, rounds, seconds, Some(only)),
+    let (crmprof, rounds, seconds, only, configs) = match args.as_slice() {
+        [crmprof, rounds, seconds] => (crmprof, rounds, seconds, None, None),
+        [crmprof, rounds, seconds, only] => (crmprof, rounds, seconds, Some(only), None),
+        [crmprof, rounds, seconds, only, configs] => {
+            (crmprof, rounds, seconds, Some(only), Some(configs))
+        }
         _ => {
-            eprintln!("usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...]");
+            eprintln!("usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...] [CONFIG,...]");
             std::process::exit(2);
         }
     };
+    // Besides the three compared by the bench, `crmprof-no-GROUP` runs the defaults without
+    // one probe group: for finding which group a cost comes from.
+    let compared: Vec<&str> = match configs {
+        None => COMPARED.to_vec(),
+        Some(configs) => configs.split(',').collect(),
+    };
+    if let Some(unknown) = compared
+        .iter()
+        .find(|c| !COMPARED.contains(c) && !c.starts_with("crmprof-no-"))
+    {
+        eprintln!(
+            "crm-load: unknown configuration {unknown:?}; they are {}, crmprof-no-GROUP",
+            COMPARED.join(", ")
+        );
+        std::process::exit(2);
+    }
+    let known: Vec<&str> = LOADS.iter().map(|(name, _)| *name).collect();
     let names: Vec<&str> = match only {
-        None => LOADS.to_vec(),
+        None => known.clone(),
+        Some(only) if only == "all" => known.clone(),
         Some(only) => only.split(',').collect(),
     };
-    if let Some(unknown) = names.iter().find(|n| !LOADS.contains(n)) {
+    if let Some(unknown) = names.iter().find(|n| !known.contains(n)) {
         eprintln!(
             "crm-load: unknown load {unknown:?}; the loads are {}",
-            LOADS.join(", ")
+            known.join(", ")
         );
         std::process::exit(2);
     }
@@ -97,8 +131,8 @@ fn main() {
 
     for round in 0..rounds {
         for (i, load) in names.iter().enumerate() {
-            let mut order = COMPARED;
-            order.rotate_left((round + i) % COMPARED.len());
+            let mut order = compared.clone();
+            order.rotate_left((round + i) % compared.len());
             let sequence = std::iter::once("without")
                 .chain(order.into_iter().flat_map(|config| [config, "without"]));
             for (seq, config) in sequence.enumerate() {
@@ -108,9 +142,13 @@ fn main() {
                 if let Some(agent) = agent {
                     agent.interrupt();
                 }
+                let what = LOADS
+                    .iter()
+                    .find_map(|(name, what)| (name == load).then_some(*what))
+                    .unwrap_or_default();
                 println!(
-                    "{{\"load\":\"{load}\",\"config\":\"{config}\",\"round\":{round},\
-                     \"seq\":{seq},\"throughput\":{:.1},\"p99_ms\":{:.3}}}",
+                    "{{\"load\":\"{load}\",\"what\":\"{what}\",\"config\":\"{config}\",\
+                     \"round\":{round},\"seq\":{seq},\"throughput\":{:.1},\"p99_ms\":{:.3}}}",
                     run.throughput, run.p99_ms
                 );
             }
@@ -135,7 +173,7 @@ fn start_tracer(crmprof: &Path, config: &str, dir: &Path, seconds: u64) -> Optio
         "floor" => {
             cmd.arg("bench-floor");
         }
-        "crmprof" | "crmprof-always" => {
+        _ if config.starts_with("crmprof") => {
             let conf = dir.join(format!("{config}.toml"));
             let mut text = format!(
                 "data_dir = \"{}\"\ninterval = \"{seconds}s\"\n\
@@ -144,6 +182,9 @@ fn start_tracer(crmprof: &Path, config: &str, dir: &Path, seconds: u64) -> Optio
             );
             if config == "crmprof-always" {
                 text.insert_str(0, "syscall_duty_cycle = 1\n");
+            }
+            if let Some(group) = config.strip_prefix("crmprof-no-") {
+                text.insert_str(0, &format!("disable_groups = [\"{group}\"]\n"));
             }
             text.push_str(SERVERS_ONLY);
             std::fs::write(&conf, text).expect("writing the crmprof config");

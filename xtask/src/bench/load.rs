@@ -14,34 +14,16 @@ use super::stats;
 const TARGET_THROUGHPUT: f64 = 0.97;
 const TARGET_P99: f64 = 1.05;
 
-const LOADS: [(&str, &str); 4] = [
-    (
-        "nginx-wrk",
-        "nginx (2 workers) serving a 16 KiB page, wrk 2 threads × 32 connections",
-    ),
-    (
-        "pgbench-select",
-        "PostgreSQL, pgbench select-only, 8 clients (scale 10)",
-    ),
-    (
-        "pgbench-tpcb",
-        "PostgreSQL, pgbench TPC-B-like, 8 clients (scale 10)",
-    ),
-    (
-        "redis-get-set",
-        "Redis, redis-benchmark GET and SET, 50 clients",
-    ),
-];
-/// The configurations compared with `without`, as the table names them.
-const COMPARED: [(&str, &str); 3] = [
-    ("crmprof", "crmprof"),
-    ("floor", "floor"),
-    ("crmprof-always", "always attached"),
-];
+/// The configuration the targets apply to, and the floor it is compared with.
+const TARGETED: &str = "crmprof";
+const FLOOR: &str = "floor";
+const WITHOUT: &str = "without";
 
 /// One load run as `crm-load` prints it.
 struct Run {
     load: String,
+    /// What the load is, in words.
+    what: String,
     config: String,
     round: u64,
     /// Its place in the round's sequence for its load: runs without probes are at even places.
@@ -65,10 +47,8 @@ pub fn measure(
     raw: &Path,
 ) -> anyhow::Result<Report> {
     eprintln!(
-        "==> bench: realistic loads, {rounds} rounds × {} loads × {} configurations (each \
-         between two runs without probes) × {seconds} s",
-        LOADS.len(),
-        COMPARED.len()
+        "==> bench: realistic loads, {rounds} rounds of {seconds} s runs (each with probes \
+         between two without)"
     );
     let out = Command::new(crm_load)
         .arg(crmprof)
@@ -87,6 +67,7 @@ pub fn measure(
             serde_json::from_str(line).with_context(|| format!("crm-load printed {line:?}"))?;
         runs.push(Run {
             load: v["load"].as_str().unwrap_or_default().to_owned(),
+            what: v["what"].as_str().unwrap_or_default().to_owned(),
             config: v["config"].as_str().unwrap_or_default().to_owned(),
             round: v["round"].as_u64().unwrap_or(0),
             seq: v["seq"].as_u64().unwrap_or(0),
@@ -103,7 +84,7 @@ pub fn measure(
 fn paired_ratios(runs: &[Run], load: &str, config: &str, figure: fn(&Run) -> f64) -> Vec<f64> {
     let without = |round: u64, seq: u64| {
         runs.iter()
-            .find(|r| r.load == load && r.config == "without" && r.round == round && r.seq == seq)
+            .find(|r| r.load == load && r.config == WITHOUT && r.round == round && r.seq == seq)
     };
     runs.iter()
         .filter(|r| r.load == load && r.config == config)
@@ -188,8 +169,8 @@ fn report(runs: &[Run], rounds: usize, seconds: u64) -> Report {
          configured services (the load generators stand in for clients on other hosts), its \
          window set to the run's length so that each run is one whole window with the syscall \
          probes attached for its first tenth (`syscall_duty_cycle = 0.1`), as in every window \
-         of a long-running agent; and the same with them attached all the time (*always \
-         attached*, `syscall_duty_cycle = 1`) — each run between two runs without probes, the \
+         of a long-running agent; and the same with them attached all the time \
+         (`crmprof-always`, `syscall_duty_cycle = 1`) — each run between two runs without probes, the \
          order rotated each round. Servers and load generators share the machine's CPUs. \
          Throughput is the median (min–max) over runs. Each ratio is a run divided by the mean \
          of the runs without probes right before and after it; the table gives the median over \
@@ -199,32 +180,39 @@ fn report(runs: &[Run], rounds: usize, seconds: u64) -> Report {
          `crmprof`; a short window makes its userspace collect five times as often as the 10 s \
          default, so its figure errs on the side of cost.\n"
     );
-    let labels: Vec<&str> = COMPARED.iter().map(|(_, label)| *label).collect();
+    // Loads and configurations as crm-load ran them: the targeted one first.
+    let mut loads: Vec<(&str, &str)> = Vec::new();
+    let mut compared: Vec<&str> = vec![TARGETED];
+    for r in runs {
+        if !loads.iter().any(|(load, _)| *load == r.load) {
+            loads.push((&r.load, &r.what));
+        }
+        if r.config != WITHOUT && !compared.contains(&r.config.as_str()) {
+            compared.push(&r.config);
+        }
+    }
+    let labels = compared.join(" | ");
     let _ = writeln!(
         md,
         "| load | throughput without | throughput crmprof | throughput ÷ without: {} | p99 ms \
          without | p99 ratio: {} |",
-        labels.join(" | "),
-        labels.join(" | ")
+        labels, labels
     );
-    let columns = 4 + 2 * COMPARED.len();
+    let columns = 4 + 2 * compared.len();
     let _ = writeln!(md, "|{}", " --- |".repeat(columns));
     let throughput = |r: &Run| r.throughput;
     let p99 = |r: &Run| r.p99_ms;
-    for (load, what) in LOADS {
+    for (load, what) in loads {
         let get = |config: &str, figure: fn(&Run) -> f64| -> Vec<f64> {
             runs.iter()
                 .filter(|r| r.load == load && r.config == config)
                 .map(figure)
                 .collect()
         };
-        if get("without", throughput).is_empty() {
-            continue;
-        }
         let medians = |figure: fn(&Run) -> f64| -> Vec<Median> {
-            COMPARED
+            compared
                 .iter()
-                .map(|(config, _)| Median::of(&paired_ratios(runs, load, config, figure)))
+                .map(|config| Median::of(&paired_ratios(runs, load, config, figure)))
                 .collect()
         };
         let (by_throughput, by_p99) = (medians(throughput), medians(p99));
@@ -238,15 +226,17 @@ fn report(runs: &[Run], rounds: usize, seconds: u64) -> Report {
         let _ = writeln!(
             md,
             "| {what} | {} | {} | {} | {:.2} | {} |",
-            range(stats(&get("without", throughput))),
-            range(stats(&get("crmprof", throughput))),
+            range(stats(&get(WITHOUT, throughput))),
+            range(stats(&get(TARGETED, throughput))),
             show(&by_throughput, 3),
-            stats(&get("without", p99)).1,
+            stats(&get(WITHOUT, p99)).1,
             show(&by_p99, 2),
         );
-        // COMPARED's first two: crmprof, then the floor.
-        let (crmprof, floor) = (by_throughput[0], by_throughput[1]);
-        let crmprof_p99 = by_p99[0];
+        let (crmprof, crmprof_p99) = (by_throughput[0], by_p99[0]);
+        let floor = compared
+            .iter()
+            .position(|c| *c == FLOOR)
+            .map_or(Median::of(&[]), |i| by_throughput[i]);
         if crmprof.median < TARGET_THROUGHPUT || crmprof_p99.median > TARGET_P99 {
             missed.push(format!(
                 "{load}: throughput {} × without (floor alone {:.3}), p99 {} ×",
