@@ -16,7 +16,9 @@
 //! with the syscall probes attached — as every window of a long-running agent. Many short
 //! rounds beat a few long ones here: neighbouring runs share the machine's drift. Prints one
 //! JSON line per run, `seq` its place in the round:
-//! `{"load":…,"what":…,"config":…,"round":…,"seq":…,"throughput":…,"p99_ms":…}`.
+//! `{"load":…,"what":…,"config":…,"round":…,"seq":…,"throughput":…,"p99_ms":…}`. Then one
+//! more run per load with `crmprof` and the kernel's BPF statistics on (bpftool), not in the
+//! ratios: `{"load":…,"config":"programs","seconds":…,"programs":{NAME:[RUN_TIME_NS,RUNS],…}}`.
 #![expect(
     clippy::expect_used,
     reason = "a bench driver: a failure is a message and exit"
@@ -154,8 +156,99 @@ fn main() {
             }
         }
     }
+    // Where the cost goes: one more run per load with crmprof's defaults and the kernel's BPF
+    // statistics on (they time every program run, so these runs are not in the ratios).
+    for load in &names {
+        eprintln!("crm-load: {load}, crmprof with the kernel's BPF statistics");
+        match program_stats(&crmprof, &dir, seconds, || loads.run(load)) {
+            Ok((elapsed, programs)) => {
+                let programs: Vec<String> = programs
+                    .iter()
+                    .map(|(name, (ns, runs))| format!("\"{name}\":[{ns},{runs}]"))
+                    .collect();
+                println!(
+                    "{{\"load\":\"{load}\",\"config\":\"programs\",\"seconds\":{elapsed:.3},\
+                     \"programs\":{{{}}}}}",
+                    programs.join(",")
+                );
+            }
+            Err(why) => eprintln!("crm-load: no BPF statistics for {load}: {why}"),
+        }
+    }
     drop(loads);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every loaded BPF program's id, name, run time (ns) and run count, from bpftool.
+fn bpf_programs() -> Result<Vec<(u64, String, u64, u64)>, String> {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "--json"])
+        .output()
+        .map_err(|e| format!("running bpftool: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("bpftool prog show: {}", out.status));
+    }
+    let all: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("bpftool's JSON: {e}"))?;
+    Ok(all
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["id"].as_u64()?,
+                p["name"].as_str()?.to_owned(),
+                p["run_time_ns"].as_u64().unwrap_or(0),
+                p["run_cnt"].as_u64().unwrap_or(0),
+            ))
+        })
+        .collect())
+}
+
+/// Runs `load` under `crmprof run` (defaults) with the kernel's BPF statistics on: how long it
+/// took (s) and, per program of that agent, the run time (ns) and runs it added.
+fn program_stats(
+    crmprof: &Path,
+    dir: &Path,
+    seconds: u64,
+    load: impl FnOnce() -> Run,
+) -> Result<(f64, std::collections::BTreeMap<String, (u64, u64)>), String> {
+    const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+    let before: Vec<u64> = bpf_programs()?.iter().map(|p| p.0).collect();
+    let agent = start_tracer(crmprof, "crmprof", dir, seconds);
+    let ours = || -> Result<Vec<(u64, String, u64, u64)>, String> {
+        Ok(bpf_programs()?
+            .into_iter()
+            .filter(|p| !before.contains(&p.0))
+            .collect())
+    };
+    let stats_were = std::fs::read_to_string(STATS).unwrap_or_default();
+    std::fs::write(STATS, "1").map_err(|e| format!("enabling {STATS}: {e}"))?;
+    let result = (|| {
+        let start = ours()?;
+        let clock = std::time::Instant::now();
+        load();
+        let elapsed = clock.elapsed().as_secs_f64();
+        let end = ours()?;
+        let added = end
+            .into_iter()
+            .map(|(id, name, ns, runs)| {
+                let (ns0, runs0) = start
+                    .iter()
+                    .find(|p| p.0 == id)
+                    .map_or((0, 0), |p| (p.2, p.3));
+                (name, (ns.saturating_sub(ns0), runs.saturating_sub(runs0)))
+            })
+            .filter(|(_, (_, runs))| *runs > 0)
+            .collect();
+        Ok((elapsed, added))
+    })();
+    let _ = std::fs::write(STATS, stats_were.trim());
+    if let Some(agent) = agent {
+        agent.interrupt();
+    }
+    result
 }
 
 /// The `crmprof` configuration's services: the three servers (PostgreSQL's backends are

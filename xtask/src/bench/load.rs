@@ -18,6 +18,8 @@ const TARGET_P99: f64 = 1.05;
 const TARGETED: &str = "crmprof";
 const FLOOR: &str = "floor";
 const WITHOUT: &str = "without";
+/// `crm-load`'s lines with per-program statistics instead of a run.
+const PROGRAMS: &str = "programs";
 
 /// One load run as `crm-load` prints it.
 struct Run {
@@ -62,9 +64,14 @@ pub fn measure(
     }
     std::fs::write(raw, &out.stdout).with_context(|| format!("writing {}", raw.display()))?;
     let mut runs = Vec::new();
+    let mut programs = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("crm-load printed {line:?}"))?;
+        if v["config"] == PROGRAMS {
+            programs.push(ProgramStats::from_json(&v));
+            continue;
+        }
         runs.push(Run {
             load: v["load"].as_str().unwrap_or_default().to_owned(),
             what: v["what"].as_str().unwrap_or_default().to_owned(),
@@ -75,7 +82,90 @@ pub fn measure(
             p99_ms: v["p99_ms"].as_f64().unwrap_or(0.0),
         });
     }
-    Ok(report(&runs, rounds, seconds))
+    let mut report = report(&runs, rounds, seconds);
+    program_section(&mut report.markdown, &programs);
+    Ok(report)
+}
+
+/// One load's run with the kernel's BPF statistics on, as `crm-load` prints it.
+struct ProgramStats {
+    load: String,
+    seconds: f64,
+    /// Program name → (run time ns, runs).
+    programs: Vec<(String, u64, u64)>,
+}
+
+impl ProgramStats {
+    fn from_json(v: &serde_json::Value) -> Self {
+        let programs = v["programs"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(name, pair)| {
+                        let n = |i: usize| pair[i].as_u64().unwrap_or(0);
+                        (name.clone(), n(0), n(1))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            load: v["load"].as_str().unwrap_or_default().to_owned(),
+            seconds: v["seconds"].as_f64().unwrap_or(0.0),
+            programs,
+        }
+    }
+}
+
+/// Per program and load: runs per second, average run time and share of one CPU, busiest
+/// first — which program a realistic load's cost comes from.
+fn program_section(md: &mut String, stats: &[ProgramStats]) {
+    if stats.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "### Per program under each load\n\nOne more run per load with `crmprof run` (defaults) and \
+         the kernel's BPF statistics on, not in the ratios above (timing each run adds to it): \
+         runs per second, average ns per run, and the programs' share of one CPU.\n"
+    );
+    let loads: Vec<&str> = stats.iter().map(|s| s.load.as_str()).collect();
+    let _ = writeln!(md, "| program | {} |", loads.join(" | "));
+    let _ = writeln!(md, "|{}", " --- |".repeat(loads.len() + 1));
+    // Programs in order of their total share over all loads.
+    let mut names: Vec<(&str, f64)> = Vec::new();
+    for s in stats {
+        for (name, ns, _) in &s.programs {
+            let share = *ns as f64 / (s.seconds * 1e9).max(1e-9);
+            match names.iter_mut().find(|(n, _)| n == name) {
+                Some((_, total)) => *total += share,
+                None => names.push((name, share)),
+            }
+        }
+    }
+    names.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (name, _) in &names {
+        let cells: Vec<String> = stats
+            .iter()
+            .map(|s| match s.programs.iter().find(|(n, _, _)| n == name) {
+                Some((_, ns, runs)) if *runs > 0 => format!(
+                    "{:.0}/s · {:.0} ns · {:.2}%",
+                    *runs as f64 / s.seconds.max(1e-9),
+                    *ns as f64 / *runs as f64,
+                    *ns as f64 / (s.seconds * 1e7).max(1e-9)
+                ),
+                _ => "—".to_owned(),
+            })
+            .collect();
+        let _ = writeln!(md, "| {name} | {} |", cells.join(" | "));
+    }
+    let totals: Vec<String> = stats
+        .iter()
+        .map(|s| {
+            let ns: u64 = s.programs.iter().map(|p| p.1).sum();
+            format!("{:.2}%", ns as f64 / (s.seconds * 1e7).max(1e-9))
+        })
+        .collect();
+    let _ = writeln!(md, "| all | {} |\n", totals.join(" | "));
 }
 
 /// A configuration's runs, each divided by the mean of the runs without probes right before
@@ -264,7 +354,26 @@ fn report(runs: &[Run], rounds: usize, seconds: u64) -> Report {
 
 #[cfg(test)]
 mod tests {
-    use super::Median;
+    use super::{Median, ProgramStats, program_section};
+
+    #[test]
+    fn programs_are_listed_busiest_first_with_rate_average_and_share() {
+        let line = serde_json::json!({
+            "load": "redis-get-set", "config": "programs", "seconds": 2.0,
+            "programs": {"sched_wakeup": [2_000_000, 10_000], "sock_send_length": [40_000_000, 200_000]}
+        });
+        let mut md = String::new();
+        program_section(&mut md, &[ProgramStats::from_json(&line)]);
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| s")).collect();
+        assert_eq!(
+            rows,
+            [
+                "| sock_send_length | 100000/s · 200 ns · 2.00% |",
+                "| sched_wakeup | 5000/s · 200 ns · 0.10% |",
+            ]
+        );
+        assert!(md.contains("| all | 2.10% |"), "{md}");
+    }
 
     #[test]
     fn the_medians_interval_is_the_binomial_order_statistics() {
