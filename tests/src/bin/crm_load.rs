@@ -206,14 +206,17 @@ fn bpf_programs() -> Result<Vec<(u64, String, u64, u64)>, String> {
         .collect())
 }
 
+/// Per program name: run time (ns) and runs.
+type ProgramRuns = std::collections::BTreeMap<String, (u64, u64)>;
+
 /// Runs `load` under `crmprof run` (defaults) with the kernel's BPF statistics on: how long it
-/// took (s) and, per program of that agent, the run time (ns) and runs it added.
+/// took (s) and, per program of that agent, the run time and runs it added.
 fn program_stats(
     crmprof: &Path,
     dir: &Path,
     seconds: u64,
     load: impl FnOnce() -> Run,
-) -> Result<(f64, std::collections::BTreeMap<String, (u64, u64)>), String> {
+) -> Result<(f64, ProgramRuns), String> {
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before: Vec<u64> = bpf_programs()?.iter().map(|p| p.0).collect();
     let agent = start_tracer(crmprof, "crmprof", dir, seconds);
