@@ -161,7 +161,7 @@ fn reason<const REGS: bool>(call: u64, state: u64, t: *const ThreadState) -> u32
 /// The syscall the current task (sched_switch runs as the outgoing task) is blocking in, from
 /// the registers its syscall entry saved: `orig_ax` is the number, and `ax` still holds the
 /// -ENOSYS the entry put there until the call returns. A page fault also saves registers, but
-/// `ax` is then the task's own. Two helper calls and two reads, once per blocking switch of a
+/// `ax` is then the task's own. Two helper calls and a read, once per blocking switch of a
 /// selected thread whose call the syscall probes did not see.
 #[inline(always)]
 fn blocked_syscall() -> Option<u32> {
@@ -176,8 +176,14 @@ fn blocked_syscall() -> Option<u32> {
     if regs.is_null() {
         return None;
     }
-    let ax: u64 = read_field(regs, o.regs_ax).ok()?;
-    let nr: u64 = read_field(regs, o.regs_orig_ax).ok()?;
+    // x86_64 keeps `orig_ax` five words after `ax`: one read for both.
+    let (ax, nr) = if o.regs_orig_ax == o.regs_ax + 40 {
+        let words: [u64; 6] = read_field(regs, o.regs_ax).ok()?;
+        (words[0], words[5])
+    } else {
+        let ax: u64 = read_field(regs, o.regs_ax).ok()?;
+        (ax, read_field::<u64>(regs, o.regs_orig_ax).ok()?)
+    };
     (ax == ENOSYS.wrapping_neg() && nr < 512).then_some(nr as u32)
 }
 
