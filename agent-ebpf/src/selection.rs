@@ -131,8 +131,10 @@ pub fn selection_generation() -> u64 {
 
 /// This CPU's `ON_CPU`, its selection re-read (from the cached tgid: no helper call) when the
 /// selection changed since it was cached. Whether it names the running task is the caller's
-/// to know: `sched_switch` checks its `prev`, the syscall probes use [`syscall_task`], and a
-/// socket call runs inside a syscall whose entry checked.
+/// to know: `sched_switch` checks its `prev`, the syscall probes use [`syscall_task`], and the
+/// socket probes trust it while the syscall probes run (a socket call runs inside a syscall
+/// whose entry checked) and otherwise compare the task `sched_switch` switched in with the
+/// current one.
 #[inline(always)]
 pub fn on_cpu() -> Option<*mut OnCpu> {
     let c = ON_CPU.get_ptr_mut(0)?;
