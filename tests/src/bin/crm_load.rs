@@ -1,7 +1,7 @@
 //! Throughput and tail latency of real CRM servers with and without crmprof profiling them:
 //! the realistic half of `cargo xtask bench`.
 //!
-//! usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...] [CONFIG,...]
+//! usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...|all] [CONFIG,...]
 //!
 //! Starts nginx (serving a 16 KiB page), PostgreSQL and Redis on loopback, then per round runs
 //! every load (or the ones named) — wrk on nginx, pgbench select-only and TPC-B-like,
@@ -80,7 +80,7 @@ fn main() {
             (crmprof, rounds, seconds, Some(only), Some(configs))
         }
         _ => {
-            eprintln!("usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...] [CONFIG,...]");
+            eprintln!("usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...|all] [CONFIG,...]");
             std::process::exit(2);
         }
     };
@@ -133,6 +133,10 @@ fn main() {
 
     for round in 0..rounds {
         for (i, load) in names.iter().enumerate() {
+            let what = LOADS
+                .iter()
+                .find_map(|(name, what)| (name == load).then_some(*what))
+                .unwrap_or_default();
             let mut order = compared.clone();
             order.rotate_left((round + i) % compared.len());
             let sequence = std::iter::once("without")
@@ -144,10 +148,6 @@ fn main() {
                 if let Some(agent) = agent {
                     agent.interrupt();
                 }
-                let what = LOADS
-                    .iter()
-                    .find_map(|(name, what)| (name == load).then_some(*what))
-                    .unwrap_or_default();
                 println!(
                     "{{\"load\":\"{load}\",\"what\":\"{what}\",\"config\":\"{config}\",\
                      \"round\":{round},\"seq\":{seq},\"throughput\":{:.1},\"p99_ms\":{:.3}}}",
