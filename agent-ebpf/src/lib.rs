@@ -75,12 +75,17 @@ pub mod programs {
     pub const PROCESS_FORK: &str = "sched_process_fork";
     pub const PROCESS_EXEC: &str = "sched_process_exec";
     pub const PROCESS_EXIT: &str = "sched_process_exit";
+    /// BTF-typed (tp_btf), as `sched_wakeup`, `sock_send_length` and `sock_recv_length`: the
+    /// fields of their arguments are plain loads. Each has a raw twin for kernels that refuse it.
     pub const SCHED_SWITCH: &str = "sched_switch";
     pub const SCHED_SWITCH_PLAIN: &str = "sched_switch_plain";
     pub const SCHED_WAKEUP: &str = "sched_wakeup";
+    pub const SCHED_WAKEUP_RAW: &str = "sched_wakeup_raw";
     pub const SCHED_WAKEUP_NEW: &str = "sched_wakeup_new";
     pub const SOCK_SEND: &str = "sock_send_length";
     pub const SOCK_RECV: &str = "sock_recv_length";
+    pub const SOCK_SEND_RAW: &str = "sock_send_length_raw";
+    pub const SOCK_RECV_RAW: &str = "sock_recv_length_raw";
     pub const SOCK_STATE: &str = "inet_sock_set_state";
     pub const TCP_RETRANSMIT: &str = "tcp_retransmit_skb";
     pub const BIO_QUEUE: &str = "block_bio_queue";

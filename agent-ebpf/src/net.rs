@@ -8,12 +8,12 @@
 use agent_ebpf::{Counter, NO_SERVICE, NetStats, OnCpu, PeerKey, PeerStats, proc_event};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
-    macros::{map, raw_tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, PerCpuHashMap},
-    programs::RawTracePointContext,
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 
-use crate::selection::{count, offsets, on_cpu, on_cpu_kept, read_field, service_of};
+use crate::selection::{count, load, offsets, on_cpu, on_cpu_kept, read_field, service_of};
 
 const NO_PREALLOC: u32 = 1;
 const AF_UNIX: u16 = 1;
@@ -34,15 +34,14 @@ const TCP_LISTEN: u64 = 10;
 #[map(name = "NET_STATS")]
 static NET_STATS: PerCpuArray<NetStats> = PerCpuArray::with_max_entries(1, 0);
 
-/// Sockets this CPU resolved to a peer, direct-mapped by address ([`PEER_CACHE_SLOTS`] slots),
-/// each with the first 16 bytes of its `sock_common` (addresses, hash, ports) as a
-/// fingerprint: one read checks the cache instead of five reads and a hash lookup. A socket
-/// freed and reallocated at the same address carries a new fingerprint.
+/// Sockets this CPU resolved to a peer, direct-mapped by their [`Fingerprint`]
+/// ([`PEER_CACHE_SLOTS`] slots): four loads check the cache instead of five reads and a hash
+/// lookup. The fingerprint is what the peer is computed from, so a socket freed and reallocated
+/// at the same address misses, and two sockets with the same fingerprint share one peer.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct PeerCache {
-    sk: u64,
-    fingerprint: [u8; 16],
+    fingerprint: Fingerprint,
     peer: PeerKey,
 }
 
@@ -51,10 +50,57 @@ static PEER_CACHE: PerCpuArray<PeerCache> = PerCpuArray::with_max_entries(PEER_C
 
 const PEER_CACHE_SLOTS: u32 = 256;
 
-/// A socket's cache slot: a multiplicative hash of its address (slab objects share low bits).
-#[inline(always)]
-fn cache_slot(sk: *const u8) -> u32 {
-    (((sk as u64 >> 6) as u32).wrapping_mul(0x9E37_79B1) >> 24) & (PEER_CACHE_SLOTS - 1)
+/// The first 18 bytes of a socket's `sock_common`: both addresses, the kernel's hash of the
+/// connection, both ports and the family. Two different connections of the same family differ
+/// in their ports or IPv4 addresses or, for IPv6, almost surely in the hash of the addresses.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    addrs: u64,
+    hash: u32,
+    ports: u32,
+    family: u32,
+}
+
+impl Fingerprint {
+    /// Reads it with plain loads from a BTF-typed socket (tp_btf): one per `sock_common`
+    /// member it spans (`skc_addrpair`, `skc_hash`, `skc_portpair`, `skc_family`), the only
+    /// loads the verifier accepts there.
+    #[inline(always)]
+    fn load(sk: *const u8) -> Self {
+        let o = offsets();
+        // SAFETY: `sk` is the tracepoint's BTF-typed socket; the verifier checks each load
+        // against the kernel's type, and the JIT makes a faulting one read zero.
+        unsafe {
+            Self {
+                addrs: load::<u64>(sk, o.skc_daddr),
+                hash: load::<u32>(sk, o.skc_daddr + 8),
+                ports: load::<u32>(sk, o.skc_daddr + 12),
+                family: u32::from(load::<u16>(sk, o.skc_family)),
+            }
+        }
+    }
+
+    /// The same through `bpf_probe_read_kernel`, from an untyped pointer.
+    #[inline(always)]
+    fn read(sk: *const u8) -> Result<Self, ()> {
+        let o = offsets();
+        let [addrs, rest]: [u64; 2] = read_field(sk, o.skc_daddr)?;
+        let family: u16 = read_field(sk, o.skc_family)?;
+        Ok(Self {
+            addrs,
+            hash: rest as u32,
+            ports: (rest >> 32) as u32,
+            family: u32::from(family),
+        })
+    }
+
+    /// Its cache slot: a multiplicative hash of the ports and the connection hash.
+    #[inline(always)]
+    fn slot(&self) -> u32 {
+        ((self.ports ^ self.hash ^ self.addrs as u32).wrapping_mul(0x9E37_79B1) >> 24)
+            & (PEER_CACHE_SLOTS - 1)
+    }
 }
 
 /// 8192 (service, peer) pairs. Inbound connections are keyed by client address with port 0, so
@@ -149,25 +195,44 @@ fn current_service() -> u32 {
 }
 
 // sock:sock_send_length / sock:sock_recv_length — TP_PROTO(struct sock *sk, int ret, int flags)
+//
+// BTF-typed (tp_btf): `sk` is a pointer the verifier knows the type of, so the socket's fields
+// are plain loads instead of `bpf_probe_read_kernel` calls — these run on every socket call of
+// the host. The `_raw` twins, for kernels that refuse them, read through the helper.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    match try_bytes::<true>(ctx.arg(0), ctx.arg(1), true) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    match try_bytes::<true>(ctx.arg(0), ctx.arg(1), false) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
 #[raw_tracepoint(tracepoint = "sock_send_length")]
-pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
-    match try_bytes(&ctx, true) {
+pub fn sock_send_length_raw(ctx: RawTracePointContext) -> i32 {
+    match try_bytes::<false>(ctx.arg(0), ctx.arg(1), true) {
         Ok(()) | Err(()) => 0,
     }
 }
 
 #[raw_tracepoint(tracepoint = "sock_recv_length")]
-pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
-    match try_bytes(&ctx, false) {
+pub fn sock_recv_length_raw(ctx: RawTracePointContext) -> i32 {
+    match try_bytes::<false>(ctx.arg(0), ctx.arg(1), false) {
         Ok(()) | Err(()) => 0,
     }
 }
 
+/// `TYPED`: `sk` is a BTF-typed pointer (tp_btf), whose fields may be loaded directly.
 #[inline(always)]
-fn try_bytes(ctx: &RawTracePointContext, send: bool) -> Result<(), ()> {
+fn try_bytes<const TYPED: bool>(sk: *const u8, ret: u64, send: bool) -> Result<(), ()> {
     // A read that found nothing (EAGAIN at the end of an event loop's read burst) or failed
     // moved no bytes: done before any lookup.
-    let ret = ctx.arg::<u64>(1) as i32;
+    let ret = ret as i32;
     if ret <= 0 {
         return Ok(());
     }
@@ -192,8 +257,7 @@ fn try_bytes(ctx: &RawTracePointContext, send: bool) -> Result<(), ()> {
             (*stats).rx_bytes += bytes;
         }
     }
-    let sk: *const u8 = ctx.arg(0);
-    let peer = cached_peer(sk, service)?;
+    let peer = cached_peer::<TYPED>(sk, service)?;
     let Some(c) = c else {
         add_peer_bytes(&peer, send, bytes);
         return Ok(());
@@ -270,24 +334,24 @@ pub fn flush_peer_bytes(c: *mut OnCpu) {
     }
 }
 
-/// [`peer_of`], through this CPU's one-socket cache.
+/// [`peer_of`], through this CPU's socket cache. `TYPED`: `sk` is BTF-typed.
 #[inline(always)]
-fn cached_peer(sk: *const u8, service: u32) -> Result<PeerKey, ()> {
-    let fingerprint: [u8; 16] = read_field(sk, offsets().skc_daddr)?;
-    let cache = PEER_CACHE.get_ptr_mut(cache_slot(sk)).ok_or(())?;
+fn cached_peer<const TYPED: bool>(sk: *const u8, service: u32) -> Result<PeerKey, ()> {
+    let fingerprint = if TYPED {
+        Fingerprint::load(sk)
+    } else {
+        Fingerprint::read(sk)?
+    };
+    let cache = PEER_CACHE.get_ptr_mut(fingerprint.slot()).ok_or(())?;
     // SAFETY: this CPU's element.
     unsafe {
-        if (*cache).sk == sk as u64
-            && (*cache).peer.service == service
-            && (*cache).fingerprint == fingerprint
-        {
+        if (*cache).fingerprint == fingerprint && (*cache).peer.service == service {
             return Ok((*cache).peer);
         }
     }
     let peer = peer_of(sk, service)?;
     // SAFETY: as above.
     unsafe {
-        (*cache).sk = sk as u64;
         (*cache).fingerprint = fingerprint;
         (*cache).peer = peer;
     }

@@ -13,15 +13,15 @@ use agent_ebpf::{
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs},
-    macros::{map, raw_tracepoint},
+    macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray},
-    programs::RawTracePointContext,
+    programs::{BtfTracePointContext, RawTracePointContext},
 };
 
 use crate::{
     selection::{
-        ON_CPU, count, offsets, on_cpu, on_cpu_kept, read_field, selection_generation, service_of,
-        syscall_phase,
+        ON_CPU, count, load, offsets, on_cpu, on_cpu_kept, read_field, selection_generation,
+        service_of, syscall_phase,
     },
     syscalls::SYSCALL_START,
 };
@@ -117,7 +117,11 @@ pub fn thread_of(tid: u32, service: u32) -> Option<*mut ThreadState> {
 /// sleep is uninterruptible (D state: block I/O, page faults) or interruptible (sockets, pipes,
 /// futexes, timers). `call`: the call in flight the syscall probes recorded, if any.
 #[inline(always)]
-fn reason<const REGS: bool>(call: u64, state: u64, t: *const ThreadState) -> u32 {
+fn reason<const TYPED: bool, const REGS: bool>(
+    call: u64,
+    state: u64,
+    t: *const ThreadState,
+) -> u32 {
     let d_state = state & TASK_UNINTERRUPTIBLE != 0;
     // A recorded call is current only while the syscall probes are attached, and only if it
     // began in this attach (the probes may be cycled: `syscall_duty_cycle`).
@@ -125,7 +129,7 @@ fn reason<const REGS: bool>(call: u64, state: u64, t: *const ThreadState) -> u32
         Some(start::nr(call))
     } else if REGS {
         // Not seen by the syscall probes: ask the task's saved registers.
-        blocked_syscall()
+        blocked_syscall::<TYPED>()
     } else {
         None
     };
@@ -161,10 +165,11 @@ fn reason<const REGS: bool>(call: u64, state: u64, t: *const ThreadState) -> u32
 /// The syscall the current task (sched_switch runs as the outgoing task) is blocking in, from
 /// the registers its syscall entry saved: `orig_ax` is the number, and `ax` still holds the
 /// -ENOSYS the entry put there until the call returns. A page fault also saves registers, but
-/// `ax` is then the task's own. Two helper calls and a read, once per blocking switch of a
-/// selected thread whose call the syscall probes did not see.
+/// `ax` is then the task's own. Two helper calls and two loads (`TYPED`: the registers are
+/// BTF-typed, so plain loads; else one probe read), once per blocking switch of a selected
+/// thread whose call the syscall probes did not see.
 #[inline(always)]
-fn blocked_syscall() -> Option<u32> {
+fn blocked_syscall<const TYPED: bool>() -> Option<u32> {
     const ENOSYS: u64 = 38;
     let o = offsets();
     // u32::MAX: a field this kernel lacks.
@@ -176,8 +181,17 @@ fn blocked_syscall() -> Option<u32> {
     if regs.is_null() {
         return None;
     }
-    // x86_64 keeps `orig_ax` five words after `ax`: one read for both.
-    let (ax, nr) = if o.regs_orig_ax == o.regs_ax + 40 {
+    let (ax, nr) = if TYPED {
+        // SAFETY: `regs` is the BTF-typed `pt_regs` the helper returned; both are `unsigned
+        // long` members.
+        unsafe {
+            (
+                load::<u64>(regs, o.regs_ax),
+                load::<u64>(regs, o.regs_orig_ax),
+            )
+        }
+    } else if o.regs_orig_ax == o.regs_ax + 40 {
+        // x86_64 keeps `orig_ax` five words after `ax`: one read for both.
         let words: [u64; 6] = read_field(regs, o.regs_ax).ok()?;
         (words[0], words[5])
     } else {
@@ -185,6 +199,24 @@ fn blocked_syscall() -> Option<u32> {
         (ax, read_field::<u64>(regs, o.regs_orig_ax).ok()?)
     };
     (ax == ENOSYS.wrapping_neg() && nr < 512).then_some(nr as u32)
+}
+
+/// A task's pid and tgid. `TYPED`: `task` is BTF-typed (a tp_btf argument), so two plain loads;
+/// else one probe read of both (adjacent in `task_struct`: the loader checks).
+#[inline(always)]
+fn task_ids<const TYPED: bool>(task: *const u8) -> Result<[u32; 2], ()> {
+    let o = offsets();
+    if TYPED {
+        // SAFETY: `task` is a BTF-typed `task_struct`; `pid` and `tgid` are `pid_t` members.
+        Ok(unsafe {
+            [
+                load::<u32>(task, o.task_pid),
+                load::<u32>(task, o.task_tgid),
+            ]
+        })
+    } else {
+        read_field::<[u32; 2]>(task, o.task_pid)
+    }
 }
 
 /// Whether the thread's last socket operation was a send to an outbound peer (a remote port
@@ -232,32 +264,56 @@ fn end_offcpu(t: *mut ThreadState, now: u64) {
 
 // sched:sched_switch — TP_PROTO(bool preempt, struct task_struct *prev,
 //                               struct task_struct *next, unsigned int prev_state)
-#[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
-    match try_switch::<true>(&ctx) {
+//
+// BTF-typed (tp_btf): `prev`, `next` and the saved registers are pointers the verifier knows
+// the types of, so their fields are plain loads instead of `bpf_probe_read_kernel` calls.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
+    let args = SwitchArgs {
+        preempt: ctx.arg(0),
+        prev: ctx.arg(1),
+        next: ctx.arg(2),
+        state: ctx.arg(3),
+    };
+    match try_switch::<true, true>(&args) {
         Ok(()) | Err(()) => 0,
     }
 }
 
-/// `sched_switch` for kernels without `bpf_task_pt_regs` (before 5.15): the same, but without
-/// the syscall probes a blocking thread's wait reason is only D state or not.
+/// `sched_switch` for kernels that refuse it (no `bpf_task_pt_regs` before 5.15, or no
+/// BTF-typed tracepoints): a raw tracepoint reading through the helper, and without the
+/// syscall probes a blocking thread's wait reason is only D state or not.
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch_plain(ctx: RawTracePointContext) -> i32 {
-    match try_switch::<false>(&ctx) {
+    let args = SwitchArgs {
+        preempt: ctx.arg(0),
+        prev: ctx.arg(1),
+        next: ctx.arg(2),
+        state: ctx.arg(3),
+    };
+    match try_switch::<false, false>(&args) {
         Ok(()) | Err(()) => 0,
     }
 }
 
-/// `REGS`: whether a blocking thread's syscall may be read from its saved registers.
+struct SwitchArgs {
+    preempt: u64,
+    prev: *const u8,
+    next: *const u8,
+    state: u64,
+}
+
+/// `TYPED`: the task pointers are BTF-typed. `REGS`: whether a blocking thread's syscall may be
+/// read from its saved registers.
 #[inline(always)]
-fn try_switch<const REGS: bool>(ctx: &RawTracePointContext) -> Result<(), ()> {
-    let prev: *const u8 = ctx.arg(1);
+fn try_switch<const TYPED: bool, const REGS: bool>(args: &SwitchArgs) -> Result<(), ()> {
+    let prev = args.prev;
     let c = ON_CPU.get_ptr_mut(0).ok_or(())?;
     // The outgoing task is this CPU's ON_CPU task when the last traced switch here put it on
     // (a pointer compare, no helper call). Otherwise ask prev who it is.
     // SAFETY: this CPU's element; programs run with migration disabled.
     if unsafe { (*c).task } != prev as u64 {
-        let Ok([tid, tgid]) = read_field::<[u32; 2]>(prev, offsets().task_pid) else {
+        let Ok([tid, tgid]) = task_ids::<TYPED>(prev) else {
             forget_on_cpu(c);
             return Err(());
         };
@@ -278,11 +334,10 @@ fn try_switch<const REGS: bool>(ctx: &RawTracePointContext) -> Result<(), ()> {
             ((*c).peer_set != 0).then(|| ((*c).peer, (*c).peer_sent)),
         )
     };
-    let state: u64 = ctx.arg(3);
+    let state = args.state;
     let call = park_call(c, tid, state);
-    let next: *const u8 = ctx.arg(2);
-    // pid and tgid are adjacent in task_struct (the loader checks): one read for both.
-    let Ok([next_tid, next_tgid]) = read_field::<[u32; 2]>(next, offsets().task_pid) else {
+    let next = args.next;
+    let Ok([next_tid, next_tgid]) = task_ids::<TYPED>(next) else {
         forget_on_cpu(c);
         return Err(());
     };
@@ -293,9 +348,8 @@ fn try_switch<const REGS: bool>(ctx: &RawTracePointContext) -> Result<(), ()> {
     }
     let now = now_ns();
     if service != u32::from(NO_SERVICE) && tid != 0 {
-        let preempt: u64 = ctx.arg(0);
-        let preempt = preempt & 0xff != 0;
-        switch_out::<REGS>(tid, service, peer, preempt, state, call, now);
+        let preempt = args.preempt & 0xff != 0;
+        switch_out::<TYPED, REGS>(tid, service, peer, preempt, state, call, now);
     }
     if next_service != NO_SERVICE
         && let Some(t) = THREADS.get_ptr_mut(next_tid)
@@ -409,7 +463,7 @@ fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32, task: u64) -> u16 {
 }
 
 #[inline(always)]
-fn switch_out<const REGS: bool>(
+fn switch_out<const TYPED: bool, const REGS: bool>(
     tid: u32,
     service: u32,
     peer: Option<(PeerKey, u32)>,
@@ -447,7 +501,7 @@ fn switch_out<const REGS: bool>(
         } else {
             (*s).voluntary_switches += 1;
             (*t).offcpu_since = now;
-            (*t).reason = reason::<REGS>(call, state, t);
+            (*t).reason = reason::<TYPED, REGS>(call, state, t);
         }
     }
 }
@@ -480,16 +534,26 @@ fn switch_in(t: *mut ThreadState, now: u64) {
 }
 
 // sched:sched_wakeup and sched:sched_wakeup_new — TP_PROTO(struct task_struct *p)
+//
+// sched_wakeup is BTF-typed (tp_btf), as sched_switch: the woken task's ids are plain loads.
+// Its `_raw` twin is for kernels that refuse it; sched_wakeup_new is rare and stays raw.
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup(ctx: BtfTracePointContext) -> i32 {
+    match try_wakeup::<true>(ctx.arg(0)) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
 #[raw_tracepoint(tracepoint = "sched_wakeup")]
-pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
-    match try_wakeup(&ctx) {
+pub fn sched_wakeup_raw(ctx: RawTracePointContext) -> i32 {
+    match try_wakeup::<false>(ctx.arg(0)) {
         Ok(()) | Err(()) => 0,
     }
 }
 
 #[raw_tracepoint(tracepoint = "sched_wakeup_new")]
 pub fn sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
-    match try_wakeup_new(&ctx) {
+    match try_wakeup_new(ctx.arg(0)) {
         Ok(()) | Err(()) => 0,
     }
 }
@@ -497,15 +561,14 @@ pub fn sched_wakeup_new(ctx: RawTracePointContext) -> i32 {
 /// A new task's first wakeup: if it belongs to a selected process (fork already put a new
 /// process in its parent's service), track it from now, so its first time slice counts too.
 #[inline(always)]
-fn try_wakeup_new(ctx: &RawTracePointContext) -> Result<(), ()> {
-    let task: *const u8 = ctx.arg(0);
-    let [tid, tgid]: [u32; 2] = read_field(task, offsets().task_pid)?;
+fn try_wakeup_new(task: *const u8) -> Result<(), ()> {
+    let [tid, tgid] = task_ids::<false>(task)?;
     let service = service_of(tgid);
     if service == NO_SERVICE {
         return Ok(());
     }
     thread_of(tid, u32::from(service)).ok_or(())?;
-    try_wakeup(ctx)
+    try_wakeup::<false>(task)
 }
 
 /// A selected thread that is running right now (it just exec'd): track it from now, so the
@@ -522,11 +585,11 @@ pub fn thread_running(tid: u32, service: u16) {
     }
 }
 
+/// `TYPED`: `task` is BTF-typed.
 #[inline(always)]
-fn try_wakeup(ctx: &RawTracePointContext) -> Result<(), ()> {
-    let task: *const u8 = ctx.arg(0);
-    // One read for pid and tgid; an unselected task costs no map lookup beyond selection.
-    let [tid, tgid]: [u32; 2] = read_field(task, offsets().task_pid)?;
+fn try_wakeup<const TYPED: bool>(task: *const u8) -> Result<(), ()> {
+    // pid and tgid; an unselected task costs no map lookup beyond selection.
+    let [tid, tgid] = task_ids::<TYPED>(task)?;
     if service_of(tgid) == NO_SERVICE {
         return Ok(());
     }

@@ -93,6 +93,19 @@ pub fn read_field<T>(base: *const u8, offset: u32) -> Result<T, ()> {
         .map_err(|_| count(Counter::DropTaskReadFailed))
 }
 
+/// Loads a `T` at `base + offset` of a BTF-typed kernel object (a tp_btf argument, or a pointer
+/// a `_btf` helper returned): a plain load, no helper call. `offset` must be a load-time
+/// constant (a field of [`offsets`]), which the verifier sees through the frozen globals.
+///
+/// # Safety
+/// `base` must be a BTF-typed pointer and `T` the type of the member at `offset` (the verifier
+/// refuses the program otherwise); a load that faults reads zero.
+#[inline(always)]
+pub unsafe fn load<T: Copy>(base: *const u8, offset: u32) -> T {
+    // SAFETY: the caller's contract above.
+    unsafe { core::ptr::read_volatile(base.wrapping_add(offset as usize) as *const T) }
+}
+
 #[inline(always)]
 pub fn agent_tgid() -> u32 {
     // SAFETY: a read of a global the loader fills in; volatile so the compiler keeps the load

@@ -147,7 +147,8 @@ pub fn run(btf_path: &Path) -> Report {
         if tracefs {
             "mounted at /sys/kernel/tracing".to_owned()
         } else {
-            "not mounted; not needed: crmprof attaches raw tracepoints only".to_owned()
+            "not mounted; not needed: crmprof attaches raw and BTF-typed tracepoints only"
+                .to_owned()
         },
         None,
     ));
@@ -169,8 +170,7 @@ pub fn run(btf_path: &Path) -> Report {
                         name: format!("probes.{group}"),
                         status: if ok { "ok" } else { "missing" },
                         detail: if ok {
-                            let mut d =
-                                format!("raw tracepoints {}", status.attach_points.join(", "));
+                            let mut d = format!("tracepoints {}", status.attach_points.join(", "));
                             if let Some(note) = &status.note {
                                 d.push_str("; ");
                                 d.push_str(note);

@@ -25,18 +25,33 @@ fn within(actual: u64, expected: u64, tolerance: f64) -> bool {
 }
 
 /// Moves `bytes` from a source to a sink (the sink optionally in a network namespace) and
-/// checks both sides within 1%.
-fn transfer(scratch: &Scratch, wrapper: &[&str], bind: &str, connect_host: &str, bytes: u64) {
+/// checks both sides within 1%. Returns the profile.
+fn transfer(
+    scratch: &Scratch,
+    wrapper: &[&str],
+    bind: &str,
+    connect_host: &str,
+    bytes: u64,
+) -> Value {
+    transfer_with(&[], scratch, wrapper, bind, connect_host, bytes)
+}
+
+/// [`transfer`], with the agent's environment extended by `env`.
+fn transfer_with(
+    env: &[(&str, &str)],
+    scratch: &Scratch,
+    wrapper: &[&str],
+    bind: &str,
+    connect_host: &str,
+    bytes: u64,
+) -> Value {
     let (sink_name, source_name) = (tag("snk"), tag("src"));
-    let agent = Agent::start(&[
-        "profile",
-        "--duration",
-        "120s",
-        "--comm",
-        &sink_name,
-        "--comm",
-        &source_name,
-    ]);
+    let agent = Agent::start_command(
+        std::process::Command::new(integration_tests::crmprof())
+            .envs(env.iter().copied())
+            .args(["-v", "profile", "--duration", "120s", "--comm", &sink_name])
+            .args(["--comm", &source_name]),
+    );
     let mut sink = Workload::start_in(scratch, wrapper, &sink_name, false, &["tcp-sink", bind]);
     let port = sink.read_line();
     let mut source = Workload::start(
@@ -86,6 +101,7 @@ fn transfer(scratch: &Scratch, wrapper: &[&str], bind: &str, connect_host: &str,
         u(&svc(&doc, &sink_name)["network"]["connections_opened"]),
         1
     );
+    doc
 }
 
 #[test]
@@ -94,7 +110,35 @@ fn loopback_transfer_bytes_are_exact() {
         return;
     }
     let scratch = Scratch::new("loopback");
-    transfer(&scratch, &[], "127.0.0.1:0", "127.0.0.1", 128 << 20);
+    let doc = transfer(&scratch, &[], "127.0.0.1:0", "127.0.0.1", 128 << 20);
+    let net = &doc["agent"]["probes"]["net"];
+    assert!(
+        net["note"].is_null(),
+        "the BTF-typed socket programs ran: {net:#}"
+    );
+}
+
+/// The raw twins of the BTF-typed programs (attached when a kernel refuses those) count the
+/// same: the loopback transfer's bytes, exactly.
+#[test]
+fn raw_twins_count_the_same_bytes() {
+    if !privileged("raw_twins_count_the_same_bytes") {
+        return;
+    }
+    let scratch = Scratch::new("rawtwin");
+    let doc = transfer_with(
+        &[("CRMPROF_RAW_TRACEPOINTS", "1")],
+        &scratch,
+        &[],
+        "127.0.0.1:0",
+        "127.0.0.1",
+        32 << 20,
+    );
+    let note = doc["agent"]["probes"]["net"]["note"].as_str().unwrap_or("");
+    assert!(
+        note.contains("sock_send_length_raw, sock_recv_length_raw attached instead"),
+        "net group note: {note:?}"
+    );
 }
 
 #[test]
@@ -280,17 +324,42 @@ fn a_client_of_a_slow_server_waits_on_the_network() {
     if !privileged("a_client_of_a_slow_server_waits_on_the_network") {
         return;
     }
+    let doc = slow_server_round_trips(&[]);
+    let sched = &doc["agent"]["probes"]["sched"];
+    assert!(
+        sched["note"].is_null(),
+        "the BTF-typed scheduler programs ran: {sched:#}"
+    );
+}
+
+/// The raw twins of the BTF-typed scheduler and socket programs tell the same wait.
+#[test]
+fn raw_twins_tell_the_same_network_wait() {
+    if !privileged("raw_twins_tell_the_same_network_wait") {
+        return;
+    }
+    let doc = slow_server_round_trips(&[("CRMPROF_RAW_TRACEPOINTS", "1")]);
+    let note = doc["agent"]["probes"]["sched"]["note"]
+        .as_str()
+        .unwrap_or("");
+    assert!(
+        note.contains("sched_switch_plain, sched_wakeup_raw attached instead"),
+        "sched group note: {note:?}"
+    );
+}
+
+/// 50 round trips to a server that holds each 20 ms, profiled by an agent with `env` added to
+/// its environment: the client waits on the network, for that server, ≥ 1 s; the server
+/// sleeps. Returns the profile.
+fn slow_server_round_trips(env: &[(&str, &str)]) -> Value {
     let scratch = Scratch::new("slow");
     let (server, client) = (tag("srv"), tag("cli"));
-    let agent = Agent::start(&[
-        "profile",
-        "--duration",
-        "120s",
-        "--comm",
-        &server,
-        "--comm",
-        &client,
-    ]);
+    let agent = Agent::start_command(
+        std::process::Command::new(integration_tests::crmprof())
+            .envs(env.iter().copied())
+            .args(["-v", "profile", "--duration", "120s", "--comm", &server])
+            .args(["--comm", &client]),
+    );
     let mut srv = Workload::start(
         &scratch,
         &server,
@@ -323,6 +392,7 @@ fn a_client_of_a_slow_server_waits_on_the_network() {
         server.as_str(),
         "the peer is named as the local service"
     );
+    doc
 }
 
 #[test]

@@ -16,9 +16,9 @@ use std::{collections::BTreeMap, path::Path};
 
 use agent_ebpf::{COMM_LEN, Counter, globals, maps, programs};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{ProgramError, RawTracePoint, raw_trace_point::RawTracePointLinkId},
+    programs::{Program, ProgramError, RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 use serde::Serialize;
 
@@ -27,11 +27,12 @@ use crate::error::ProbeError;
 /// The kernel programs, built by `build.rs` and embedded in the binary.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/crmprof"));
 
-/// A probe group: programs that only make sense together, attached to raw tracepoints.
+/// A probe group: programs that only make sense together, attached to tracepoints (raw, or
+/// BTF-typed where a program reads fields of its arguments).
 pub struct Group {
     pub name: &'static str,
     pub what: &'static str,
-    /// (program name, raw tracepoint name)
+    /// (program name, tracepoint name)
     pub programs: &'static [(&'static str, &'static str)],
     /// Programs to attach instead when the group named first is not attached.
     pub without: Option<(&'static str, &'static [(&'static str, &'static str)])>,
@@ -104,7 +105,7 @@ pub const GROUPS: &[Group] = &[
 pub struct GroupStatus {
     /// "attached", "failed" or "disabled" (by the configuration).
     pub status: &'static str,
-    /// The raw tracepoints the group is attached to.
+    /// The tracepoints the group is attached to.
     pub attach_points: Vec<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -539,14 +540,27 @@ fn failed(error: String) -> GroupStatus {
     }
 }
 
-/// A program's simpler twin, for kernels that refuse the program itself, and what is lost.
+/// A program's simpler twin, for kernels that refuse the program itself, and what it lacks.
+/// The BTF-typed programs (tp_btf, Linux 5.5 with kernel BTF) have raw twins that read the same
+/// fields through a helper call.
 fn fallback(program: &str) -> Option<(&'static str, &'static str)> {
-    (program == programs::SCHED_SWITCH).then_some((
-        programs::SCHED_SWITCH_PLAIN,
-        "this kernel refused sched_switch (reading a blocking thread's syscall from its saved \
-         registers needs bpf_task_pt_regs, Linux 5.15); without the syscalls group, waits are \
-         then told apart only by D state",
-    ))
+    const RAW_SOCKETS: &str = "the raw socket programs read each socket through a helper call, \
+                               which costs more per socket call";
+    match program {
+        programs::SCHED_SWITCH => Some((
+            programs::SCHED_SWITCH_PLAIN,
+            "sched_switch_plain cannot read a blocking thread's syscall from its saved registers \
+             (bpf_task_pt_regs, Linux 5.15): without the syscalls group, waits are then told \
+             apart only by D state",
+        )),
+        programs::SCHED_WAKEUP => Some((
+            programs::SCHED_WAKEUP_RAW,
+            "sched_wakeup_raw reads the woken task through a helper call",
+        )),
+        programs::SOCK_SEND => Some((programs::SOCK_SEND_RAW, RAW_SOCKETS)),
+        programs::SOCK_RECV => Some((programs::SOCK_RECV_RAW, RAW_SOCKETS)),
+        _ => None,
+    }
 }
 
 /// Attaches a group's programs; with the status, the links of the programs attached.
@@ -556,34 +570,43 @@ fn attach_group(
 ) -> (GroupStatus, Vec<RawTracePointLinkId>) {
     let mut attached = Vec::new();
     let mut links = Vec::new();
-    let mut note = None;
+    // Twins attached instead of their programs, and what they lack.
+    let mut twins: Vec<&str> = Vec::new();
+    let mut lacking: Vec<&str> = Vec::new();
+    let raw_only = std::env::var_os(RAW_ONLY).is_some_and(|v| v == "1");
     for &(program, tracepoint) in programs {
-        let mut result = attach_one(ebpf, program, tracepoint);
-        if let Err(AttachError::Program(ProgramError::LoadError { .. })) = &result
-            && let Some((twin, lost)) = fallback(program)
+        let mut result = match fallback(program) {
+            Some(_) if raw_only => Err(AttachError::NotAsked),
+            _ => attach_one(ebpf, program, tracepoint),
+        };
+        if let Err(AttachError::Program(ProgramError::LoadError { .. }) | AttachError::Btf(_))
+        | Err(AttachError::NotAsked) = &result
+            && let Some((twin, lacks)) = fallback(program)
         {
             result = attach_one(ebpf, twin, tracepoint);
-            note = Some(lost.to_owned());
+            twins.push(twin);
+            if !lacking.contains(&lacks) {
+                lacking.push(lacks);
+            }
         }
-        if let Err(e) = result {
-            let verifier_log = match &e {
-                AttachError::Program(ProgramError::LoadError { verifier_log, .. }) => {
-                    Some(verifier_log.to_string())
-                }
-                _ => None,
-            };
-            let status = GroupStatus {
-                status: "failed",
-                attach_points: attached,
-                error: Some(format!("{program} on raw tracepoint {tracepoint}: {e}")),
-                verifier_log,
-                note: None,
-            };
-            return (status, links);
+        match result {
+            Ok(link) => links.extend(link),
+            Err(e) => return (group_failed(program, tracepoint, &e, attached), links),
         }
         attached.push(tracepoint);
-        links.extend(result.ok());
     }
+    let note = (!twins.is_empty()).then(|| {
+        let why = if raw_only {
+            format!("as {RAW_ONLY}=1 asks")
+        } else {
+            "as this kernel refused the originals".to_owned()
+        };
+        format!(
+            "{} attached instead, {why}: {}",
+            twins.join(", "),
+            lacking.join("; ")
+        )
+    });
     let status = GroupStatus {
         status: "attached",
         attach_points: attached,
@@ -594,22 +617,64 @@ fn attach_group(
     (status, links)
 }
 
+/// Set to 1, the environment variable that makes the agent attach the raw twins of its
+/// BTF-typed programs: for a kernel whose typed tracepoints misbehave, and for testing the twins.
+pub const RAW_ONLY: &str = "CRMPROF_RAW_TRACEPOINTS";
+
+/// The status of a group that `program` failed to load or attach to `tracepoint` in.
+fn group_failed(
+    program: &str,
+    tracepoint: &str,
+    e: &AttachError,
+    attached: Vec<&'static str>,
+) -> GroupStatus {
+    let verifier_log = match e {
+        AttachError::Program(ProgramError::LoadError { verifier_log, .. }) => {
+            Some(verifier_log.to_string())
+        }
+        _ => None,
+    };
+    GroupStatus {
+        status: "failed",
+        attach_points: attached,
+        error: Some(format!("{program} on tracepoint {tracepoint}: {e}")),
+        verifier_log,
+        note: None,
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AttachError {
     #[error("program not found in the object")]
     Missing,
     #[error("{0}")]
     Program(#[from] ProgramError),
+    #[error("reading the kernel's BTF for a BTF-typed tracepoint: {0}")]
+    Btf(#[from] aya::BtfError),
+    /// Not attached because its raw twin is wanted instead ([`RAW_ONLY`]).
+    #[error("not attached: {RAW_ONLY}=1 asks for its raw twin")]
+    NotAsked,
 }
 
+/// Loads and attaches one program: a raw tracepoint (its link returned, for groups that detach
+/// and attach again) or a BTF-typed one (typed against the running kernel's own BTF).
 fn attach_one(
     ebpf: &mut Ebpf,
     program: &str,
     tracepoint: &str,
-) -> Result<RawTracePointLinkId, AttachError> {
-    let prog = raw_tracepoint(ebpf, program)?;
-    prog.load()?;
-    Ok(prog.attach(tracepoint)?)
+) -> Result<Option<RawTracePointLinkId>, AttachError> {
+    match ebpf.program_mut(program).ok_or(AttachError::Missing)? {
+        Program::BtfTracePoint(prog) => {
+            prog.load(tracepoint, &Btf::from_sys_fs()?)?;
+            prog.attach()?;
+            Ok(None)
+        }
+        prog => {
+            let prog: &mut RawTracePoint = prog.try_into()?;
+            prog.load()?;
+            Ok(Some(prog.attach(tracepoint)?))
+        }
+    }
 }
 
 /// The raw tracepoint program `program` of the object.
