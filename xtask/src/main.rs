@@ -40,7 +40,7 @@ enum Task {
         #[arg(long)]
         quick: bool,
         /// Minutes of soak in the full bench (memory and CPU over time); 0 skips it.
-        #[arg(long, default_value_t = 30)]
+        #[arg(long, default_value_t = bench::DEFAULT_SOAK_MINUTES)]
         soak_minutes: u64,
     },
     /// Formatting, lints, unit tests, the deployment files' checks, then the privileged

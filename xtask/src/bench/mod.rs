@@ -37,6 +37,9 @@ const RUNS_PER_ROUND: usize = 3;
 /// The least a ratio may exceed its target by before the quick check fails.
 const MIN_MARGIN: f64 = 0.05;
 
+/// The soak's length unless `--soak-minutes` says otherwise.
+pub const DEFAULT_SOAK_MINUTES: u64 = 30;
+
 pub struct Options {
     pub quick: bool,
     /// Minutes of soak in the full bench; 0 skips it.
@@ -517,11 +520,18 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
         })
         .unwrap_or_default();
     let _ = writeln!(md, "# Benchmarks\n");
+    let command = if opts.quick {
+        " --quick".to_owned()
+    } else if opts.soak_minutes != DEFAULT_SOAK_MINUTES {
+        format!(" --soak-minutes {}", opts.soak_minutes)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         md,
-        "Written by `cargo xtask bench{}` — do not edit by hand. Machine: {cpus} CPUs ({cpu_model}), \
-         Linux {}. The machine was {:.0}% busy with other work when the run started.\n",
-        if opts.quick { " --quick" } else { "" },
+        "Written by `cargo xtask bench{command}` — do not edit by hand. Machine: {cpus} CPUs \
+         ({cpu_model}), Linux {}. The machine was {:.0}% busy with other work when the run \
+         started.\n",
         kernel.trim(),
         quiet * 100.0
     );
@@ -531,8 +541,12 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
     if let Some(r) = &realistic {
         md.push_str(r);
     }
-    if let Some(s) = &soaked {
-        md.push_str(s);
+    match &soaked {
+        Some(s) => md.push_str(s),
+        None if !opts.quick => {
+            md.push_str("## Soak\n\nSkipped (`--soak-minutes 0`).\n");
+        }
+        None => {}
     }
     let path = if opts.quick {
         crate::util::target_dir()?.join("BENCHMARKS-quick.md")
