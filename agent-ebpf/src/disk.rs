@@ -13,7 +13,7 @@ use agent_ebpf::{BioOwner, Counter, DiskKey, DiskStats, NO_SERVICE, RqStart, his
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
-    maps::{LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, PerCpuArray, PerCpuHashMap},
     programs::RawTracePointContext,
 };
 
@@ -25,13 +25,22 @@ const REQ_OP_MASK: u32 = 0xff;
 const REQ_OP_READ: u32 = 0;
 const REQ_OP_WRITE: u32 = 1;
 
-/// LRU: a bio merged into an existing request never shows up as `rq->bio`; eviction reclaims
-/// its entry instead of leaking it.
-#[map(name = "BIO_OWNER")]
-static BIO_OWNER: LruHashMap<u64, BioOwner> = LruHashMap::with_max_entries(16384, 0);
+/// Slots in `BIO_OWNER` and `RQ_START`, a power of two.
+const SLOTS: u32 = 16384;
 
+/// Queued bios of selected services, direct-mapped by address: a bio's slot is written in
+/// place (a few stores, no hash insert — an LRU hash insert cost ~1 µs here) and taken back
+/// when the bio reaches a device as a request's first bio. A bio merged into a request never
+/// comes back; a later bio with the same slot overwrites it.
+#[map(name = "BIO_OWNER")]
+static BIO_OWNER: Array<BioOwner> = Array::with_max_entries(SLOTS, 0);
+
+/// Issued requests of selected services, direct-mapped by address until they complete. A
+/// request whose slot another takes before it completes is counted
+/// (`Counter::DropBlockTrackFull`); with at most a device queue's depth in flight in 16384
+/// slots, that is rare.
 #[map(name = "RQ_START")]
-static RQ_START: LruHashMap<u64, RqStart> = LruHashMap::with_max_entries(16384, 0);
+static RQ_START: Array<RqStart> = Array::with_max_entries(SLOTS, 0);
 
 #[map(name = "DISK_STATS")]
 static DISK_STATS: PerCpuHashMap<DiskKey, DiskStats> =
@@ -51,22 +60,60 @@ fn current_service() -> u32 {
     u32::from(service_of((bpf_get_current_pid_tgid() >> 32) as u32))
 }
 
+/// The slot of a kernel object: a multiplicative hash of its address (slab objects share their
+/// low bits).
+#[inline(always)]
+fn slot_of(addr: u64) -> u32 {
+    let folded = ((addr >> 4) ^ (addr >> 32)) as u32;
+    folded.wrapping_mul(0x9E37_79B1) >> (32 - SLOTS.trailing_zeros())
+}
+
+// The slots are shared between CPUs, and another CPU may write a slot while this one reads it
+// (two objects whose addresses share a slot). So a writer clears the slot's tag, writes the
+// fields, then sets the tag; a reader reads the tag, the fields, and the tag again, and keeps
+// the fields only if both reads name its object. x86_64 (the only architecture crmprof
+// builds for) keeps stores and loads in program order, which is all this needs; volatile keeps
+// the compiler from reordering them.
+
 // block:block_bio_queue — TP_PROTO(struct bio *bio)
 #[raw_tracepoint(tracepoint = "block_bio_queue")]
 pub fn block_bio_queue(ctx: RawTracePointContext) -> i32 {
     let service = current_service();
-    if service != u32::from(NO_SERVICE) {
-        let bio: u64 = ctx.arg(0);
-        let owner = BioOwner {
-            service,
-            _pad: 0,
-            queued_ns: now_ns(),
-        };
-        if BIO_OWNER.insert(bio, owner, 0).is_err() {
-            count(Counter::DropBlockTrackFull);
+    if service == u32::from(NO_SERVICE) {
+        return 0;
+    }
+    let bio: u64 = ctx.arg(0);
+    if let Some(slot) = BIO_OWNER.get_ptr_mut(slot_of(bio)) {
+        // SAFETY: a live array element; the tag protocol above orders the stores.
+        unsafe {
+            core::ptr::write_volatile(&mut (*slot).bio, 0);
+            core::ptr::write_volatile(&mut (*slot).service, service);
+            core::ptr::write_volatile(&mut (*slot).queued_ns, now_ns());
+            core::ptr::write_volatile(&mut (*slot).bio, bio);
         }
     }
     0
+}
+
+/// Takes `bio`'s owner and queueing time out of its slot, if it is there.
+#[inline(always)]
+fn take_bio_owner(bio: u64) -> Option<(u32, u64)> {
+    let slot = BIO_OWNER.get_ptr_mut(slot_of(bio))?;
+    // SAFETY: a live array element, read by the tag protocol above.
+    unsafe {
+        if core::ptr::read_volatile(&(*slot).bio) != bio {
+            return None;
+        }
+        let owner = (
+            core::ptr::read_volatile(&(*slot).service),
+            core::ptr::read_volatile(&(*slot).queued_ns),
+        );
+        if core::ptr::read_volatile(&(*slot).bio) != bio {
+            return None;
+        }
+        core::ptr::write_volatile(&mut (*slot).bio, 0);
+        Some(owner)
+    }
 }
 
 // block:block_rq_issue — TP_PROTO(struct request *rq)
@@ -82,15 +129,7 @@ fn try_issue(ctx: &RawTracePointContext) -> Result<(), ()> {
     let rq: *const u8 = ctx.arg(0);
     let o = offsets();
     let bio: u64 = read_field(rq, o.rq_bio)?;
-    let (service, queued_ns) = match BIO_OWNER.get_ptr(bio) {
-        Some(owner) => {
-            // SAFETY: a live LRU value, copied out before removal.
-            let owner = unsafe { *owner };
-            let _ = BIO_OWNER.remove(bio);
-            (owner.service, owner.queued_ns)
-        }
-        None => (current_service(), 0),
-    };
+    let (service, queued_ns) = take_bio_owner(bio).unwrap_or_else(|| (current_service(), 0));
     if service == u32::from(NO_SERVICE) {
         return Ok(());
     }
@@ -102,18 +141,48 @@ fn try_issue(ctx: &RawTracePointContext) -> Result<(), ()> {
         REQ_OP_WRITE => 1,
         _ => 2,
     };
-    let start = RqStart {
-        service,
-        dev,
-        queued_ns,
-        issued_ns: now_ns(),
-        op,
-        _pad: 0,
-    };
-    if RQ_START.insert(rq as u64, start, 0).is_err() {
-        count(Counter::DropBlockTrackFull);
+    let slot = RQ_START.get_ptr_mut(slot_of(rq as u64)).ok_or(())?;
+    // SAFETY: a live array element, written by the tag protocol above.
+    unsafe {
+        let held = core::ptr::read_volatile(&(*slot).rq);
+        if held != 0 && held != rq as u64 {
+            // Another request still in flight (or one whose completion was never traced).
+            count(Counter::DropBlockTrackFull);
+        }
+        core::ptr::write_volatile(&mut (*slot).rq, 0);
+        core::ptr::write_volatile(
+            &mut *slot,
+            RqStart {
+                rq: 0,
+                service,
+                dev,
+                queued_ns,
+                issued_ns: now_ns(),
+                op,
+                _pad: 0,
+            },
+        );
+        core::ptr::write_volatile(&mut (*slot).rq, rq as u64);
     }
     Ok(())
+}
+
+/// Takes `rq`'s start out of its slot, if it is there.
+#[inline(always)]
+fn take_rq_start(rq: u64) -> Option<RqStart> {
+    let slot = RQ_START.get_ptr_mut(slot_of(rq))?;
+    // SAFETY: a live array element, read by the tag protocol above.
+    unsafe {
+        if core::ptr::read_volatile(&(*slot).rq) != rq {
+            return None;
+        }
+        let start = core::ptr::read_volatile(slot);
+        if core::ptr::read_volatile(&(*slot).rq) != rq {
+            return None;
+        }
+        core::ptr::write_volatile(&mut (*slot).rq, 0);
+        Some(start)
+    }
 }
 
 // block:block_rq_complete — TP_PROTO(struct request *rq, blk_status_t error,
@@ -128,12 +197,9 @@ pub fn block_rq_complete(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_complete(ctx: &RawTracePointContext) -> Result<(), ()> {
     let rq: u64 = ctx.arg(0);
-    let start = match RQ_START.get_ptr(rq) {
-        // SAFETY: a live LRU value, copied out before removal.
-        Some(s) => unsafe { *s },
-        None => return Ok(()),
+    let Some(start) = take_rq_start(rq) else {
+        return Ok(());
     };
-    let _ = RQ_START.remove(rq);
     let bytes = ctx.arg::<u64>(2) & 0xffff_ffff;
     let now = now_ns();
     let key = DiskKey {

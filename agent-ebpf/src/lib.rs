@@ -55,9 +55,11 @@ pub mod maps {
     pub const SOCK_OWNER: &str = "SOCK_OWNER";
     /// `HashMap<u32, u32>`: listening local port → service id, for passively opened sockets.
     pub const LISTEN_OWNER: &str = "LISTEN_OWNER";
-    /// `HashMap<u64, BioOwner>`: bio (kernel address) → who queued it and when.
+    /// `Array<BioOwner>`: queued bios of selected services (who queued it and when), in the
+    /// slot their kernel address hashes to.
     pub const BIO_OWNER: &str = "BIO_OWNER";
-    /// `HashMap<u64, RqStart>`: request (kernel address) → owner and issue time.
+    /// `Array<RqStart>`: issued requests (owner and issue time), in the slot their kernel address
+    /// hashes to.
     pub const RQ_START: &str = "RQ_START";
     /// `PerCpuHashMap<DiskKey, DiskStats>`: per (service, device).
     pub const DISK_STATS: &str = "DISK_STATS";
@@ -364,7 +366,8 @@ pub enum Counter {
     DropPeersFull = 11,
     /// A socket owner could not be recorded: `SOCK_OWNER` is full.
     DropSockOwnerFull = 12,
-    /// A bio or request could not be tracked: `BIO_OWNER`/`RQ_START` is full.
+    /// An issued request was displaced from its `RQ_START` slot by another before it completed:
+    /// its I/O is not counted.
     DropBlockTrackFull = 13,
     /// A service's disk stats could not be created: `DISK_STATS` is full.
     DropDiskStatsFull = 14,
@@ -561,6 +564,8 @@ pub struct PeerStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BioOwner {
+    /// The bio (kernel address) the slot holds, 0 when empty.
+    pub bio: u64,
     pub service: u32,
     pub _pad: u32,
     pub queued_ns: u64,
@@ -570,6 +575,8 @@ pub struct BioOwner {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RqStart {
+    /// The request (kernel address) the slot holds, 0 when empty.
+    pub rq: u64,
     pub service: u32,
     /// `dev_t` of the disk.
     pub dev: u32,

@@ -507,7 +507,7 @@ pub fn counter_name(counter: Counter) -> &'static str {
         Counter::DropNetStatsFull => "net_stats_map_full",
         Counter::DropPeersFull => "peers_map_full",
         Counter::DropSockOwnerFull => "socket_owner_map_full",
-        Counter::DropBlockTrackFull => "block_tracking_map_full",
+        Counter::DropBlockTrackFull => "block_requests_displaced",
         Counter::DropDiskStatsFull => "disk_stats_map_full",
         Counter::ProcessesSelected => "processes_selected",
         Counter::DropSyscallOutsideTable => "syscall_outside_table",
