@@ -50,9 +50,10 @@ static PEER_CACHE: PerCpuArray<PeerCache> = PerCpuArray::with_max_entries(PEER_C
 
 const PEER_CACHE_SLOTS: u32 = 256;
 
-/// The first 18 bytes of a socket's `sock_common`: both addresses, the kernel's hash of the
-/// connection, both ports and the family. Two different connections of the same family differ
-/// in their ports or IPv4 addresses or, for IPv6, almost surely in the hash of the addresses.
+/// What tells a socket's peer apart, from the start of its `sock_common`: both IPv4 addresses,
+/// the kernel's hash of the connection, both ports and the family. Two connections of the same
+/// family differ in their ports or IPv4 addresses or, for IPv6, almost surely in the hash of
+/// their addresses.
 #[repr(C)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Fingerprint {
