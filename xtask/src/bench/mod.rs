@@ -478,11 +478,16 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
         let stats_were =
             std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
-        let before = prog_ids();
-        let tracer = tools.tracer(Config::Selected)?;
-        tools.null_loop(calls)?;
-        let s = bpf_prog_stats(&before);
-        drop(tracer);
+        let mut s = BTreeMap::new();
+        // The empty floor programs too: their run time is what the statistics themselves add
+        // to every run.
+        for config in [Config::Selected, Config::Floor] {
+            let before = prog_ids();
+            let tracer = tools.tracer(config)?;
+            tools.null_loop(calls)?;
+            s.extend(bpf_prog_stats(&before));
+            drop(tracer);
+        }
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_were.trim());
         s
     };
@@ -622,14 +627,29 @@ fn syscall_section(
     );
 }
 
+/// The empty program (`agent_ebpf::programs::FLOOR_SYS_ENTER`) whose run time under the BPF
+/// statistics is the statistics' own cost.
+const FLOOR_PROGRAM: &str = "floor_sys_enter";
+
 fn program_section(md: &mut String, prog_stats: &BTreeMap<String, (u64, u64)>) {
     if prog_stats.is_empty() {
         return;
     }
     let _ = writeln!(
         md,
-        "### Per program (kernel BPF statistics, a separate selected run; the statistics add the cost of timing each run)\n"
+        "### Per program (kernel BPF statistics, in runs of their own — selected, and the floor; the statistics add the cost of timing each run)\n"
     );
+    if let Some((time, cnt)) = prog_stats.get(FLOOR_PROGRAM)
+        && *cnt > 0
+    {
+        let _ = writeln!(
+            md,
+            "`{FLOOR_PROGRAM}` (empty, in a run of its own) shows what timing a run costs: \
+             ~{:.0} ns of every figure here (and under each realistic load, below) is the \
+             statistics' own.\n",
+            *time as f64 / *cnt as f64
+        );
+    }
     let _ = writeln!(md, "| program | runs | avg ns per run |");
     let _ = writeln!(md, "| --- | --- | --- |");
     for (name, (time, cnt)) in prog_stats {
