@@ -115,21 +115,18 @@ pub fn thread_of(tid: u32, service: u32) -> Option<*mut ThreadState> {
 
 /// Why a thread that is switching out voluntarily blocks: the syscall it is in, and whether the
 /// sleep is uninterruptible (D state: block I/O, page faults) or interruptible (sockets, pipes,
-/// futexes, timers). `call`: the call in flight the syscall probes recorded, if any.
+/// futexes, timers). `call`: the call in flight the syscall probes recorded, if any. `TYPED`:
+/// the BTF-typed `sched_switch`, which may read the syscall from the thread's saved registers.
 #[inline(always)]
-fn reason<const TYPED: bool, const REGS: bool>(
-    call: u64,
-    state: u64,
-    t: *const ThreadState,
-) -> u32 {
+fn reason<const TYPED: bool>(call: u64, state: u64, t: *const ThreadState) -> u32 {
     let d_state = state & TASK_UNINTERRUPTIBLE != 0;
     // A recorded call is current only while the syscall probes are attached, and only if it
     // began in this attach (the probes may be cycled: `syscall_duty_cycle`).
     let nr = if call != 0 && on_cpu_kept() && start::phase(call) == syscall_phase() {
         Some(start::nr(call))
-    } else if REGS {
+    } else if TYPED {
         // Not seen by the syscall probes: ask the task's saved registers.
-        blocked_syscall::<TYPED>()
+        blocked_syscall()
     } else {
         None
     };
@@ -165,11 +162,12 @@ fn reason<const TYPED: bool, const REGS: bool>(
 /// The syscall the current task (sched_switch runs as the outgoing task) is blocking in, from
 /// the registers its syscall entry saved: `orig_ax` is the number, and `ax` still holds the
 /// -ENOSYS the entry put there until the call returns. A page fault also saves registers, but
-/// `ax` is then the task's own. Two helper calls and two loads (`TYPED`: the registers are
-/// BTF-typed, so plain loads; else one probe read), once per blocking switch of a selected
-/// thread whose call the syscall probes did not see.
+/// `ax` is then the task's own. Two helper calls and two plain loads (the registers are
+/// BTF-typed), once per blocking switch of a selected thread whose call the syscall probes did
+/// not see. Only the typed `sched_switch` asks: `bpf_task_pt_regs` (5.15) is newer than typed
+/// tracepoints (5.5), so a kernel that refuses those has no use for a raw variant of this.
 #[inline(always)]
-fn blocked_syscall<const TYPED: bool>() -> Option<u32> {
+fn blocked_syscall() -> Option<u32> {
     const ENOSYS: u64 = 38;
     let o = offsets();
     // u32::MAX: a field this kernel lacks.
@@ -181,22 +179,13 @@ fn blocked_syscall<const TYPED: bool>() -> Option<u32> {
     if regs.is_null() {
         return None;
     }
-    let (ax, nr) = if TYPED {
-        // SAFETY: `regs` is the BTF-typed `pt_regs` the helper returned; both are `unsigned
-        // long` members.
-        unsafe {
-            (
-                load::<u64>(regs, o.regs_ax),
-                load::<u64>(regs, o.regs_orig_ax),
-            )
-        }
-    } else if o.regs_orig_ax == o.regs_ax + 40 {
-        // x86_64 keeps `orig_ax` five words after `ax`: one read for both.
-        let words: [u64; 6] = read_field(regs, o.regs_ax).ok()?;
-        (words[0], words[5])
-    } else {
-        let ax: u64 = read_field(regs, o.regs_ax).ok()?;
-        (ax, read_field::<u64>(regs, o.regs_orig_ax).ok()?)
+    // SAFETY: `regs` is the BTF-typed `pt_regs` the helper returned; both are `unsigned long`
+    // members.
+    let (ax, nr) = unsafe {
+        (
+            load::<u64>(regs, o.regs_ax),
+            load::<u64>(regs, o.regs_orig_ax),
+        )
     };
     (ax == ENOSYS.wrapping_neg() && nr < 512).then_some(nr as u32)
 }
@@ -275,7 +264,7 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> i32 {
         next: ctx.arg(2),
         state: ctx.arg(3),
     };
-    match try_switch::<true, true>(&args) {
+    match try_switch::<true>(&args) {
         Ok(()) | Err(()) => 0,
     }
 }
@@ -291,7 +280,7 @@ pub fn sched_switch_plain(ctx: RawTracePointContext) -> i32 {
         next: ctx.arg(2),
         state: ctx.arg(3),
     };
-    match try_switch::<false, false>(&args) {
+    match try_switch::<false>(&args) {
         Ok(()) | Err(()) => 0,
     }
 }
@@ -303,10 +292,10 @@ struct SwitchArgs {
     state: u64,
 }
 
-/// `TYPED`: the task pointers are BTF-typed. `REGS`: whether a blocking thread's syscall may be
-/// read from its saved registers.
+/// `TYPED`: the task pointers are BTF-typed, and a blocking thread's syscall may be read from its
+/// saved registers.
 #[inline(always)]
-fn try_switch<const TYPED: bool, const REGS: bool>(args: &SwitchArgs) -> Result<(), ()> {
+fn try_switch<const TYPED: bool>(args: &SwitchArgs) -> Result<(), ()> {
     let prev = args.prev;
     let c = ON_CPU.get_ptr_mut(0).ok_or(())?;
     // The outgoing task is this CPU's ON_CPU task when the last traced switch here put it on
@@ -349,7 +338,7 @@ fn try_switch<const TYPED: bool, const REGS: bool>(args: &SwitchArgs) -> Result<
     let now = now_ns();
     if service != u32::from(NO_SERVICE) && tid != 0 {
         let preempt = args.preempt & 0xff != 0;
-        switch_out::<TYPED, REGS>(tid, service, peer, preempt, state, call, now);
+        switch_out::<TYPED>(tid, service, peer, preempt, state, call, now);
     }
     if next_service != NO_SERVICE
         && let Some(t) = THREADS.get_ptr_mut(next_tid)
@@ -463,7 +452,7 @@ fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32, task: u64) -> u16 {
 }
 
 #[inline(always)]
-fn switch_out<const TYPED: bool, const REGS: bool>(
+fn switch_out<const TYPED: bool>(
     tid: u32,
     service: u32,
     peer: Option<(PeerKey, u32)>,
@@ -501,7 +490,7 @@ fn switch_out<const TYPED: bool, const REGS: bool>(
         } else {
             (*s).voluntary_switches += 1;
             (*t).offcpu_since = now;
-            (*t).reason = reason::<TYPED, REGS>(call, state, t);
+            (*t).reason = reason::<TYPED>(call, state, t);
         }
     }
 }
