@@ -69,11 +69,53 @@ fn slot_of(addr: u64) -> u32 {
 }
 
 // The slots are shared between CPUs, and another CPU may write a slot while this one reads it
-// (two objects whose addresses share a slot). So a writer clears the slot's tag, writes the
-// fields, then sets the tag; a reader reads the tag, the fields, and the tag again, and keeps
-// the fields only if both reads name its object. x86_64 (the only architecture crmprof
-// builds for) keeps stores and loads in program order, which is all this needs; volatile keeps
-// the compiler from reordering them.
+// (two objects whose addresses share a slot). So a slot value starts with a tag, the address
+// of the object it holds (0: empty): a writer clears the tag, writes the value, then sets the
+// tag; a reader reads the tag, the value, and the tag again, and keeps the value only if both
+// reads name its object. x86_64 (the only architecture crmprof builds for) keeps stores and
+// loads in program order, which is all this needs; volatile keeps the compiler from reordering
+// them.
+const _: () =
+    assert!(core::mem::offset_of!(BioOwner, bio) == 0 && core::mem::offset_of!(RqStart, rq) == 0);
+
+/// Puts `value` (its tag field left 0) into `slot` for `object`, by the tag protocol. Returns
+/// the tag it replaced.
+///
+/// # Safety
+/// `slot` is a live array element of a `T` that starts with its `u64` tag.
+#[inline(always)]
+unsafe fn put_tagged<T: Copy>(slot: *mut T, object: u64, value: T) -> u64 {
+    let tag = slot.cast::<u64>();
+    // SAFETY: the caller's contract.
+    unsafe {
+        let held = core::ptr::read_volatile(tag);
+        core::ptr::write_volatile(tag, 0);
+        core::ptr::write_volatile(slot, value);
+        core::ptr::write_volatile(tag, object);
+        held
+    }
+}
+
+/// Takes the value out of `slot` if it holds `object`, by the tag protocol.
+///
+/// # Safety
+/// As [`put_tagged`].
+#[inline(always)]
+unsafe fn take_tagged<T: Copy>(slot: *mut T, object: u64) -> Option<T> {
+    let tag = slot.cast::<u64>();
+    // SAFETY: the caller's contract.
+    unsafe {
+        if core::ptr::read_volatile(tag) != object {
+            return None;
+        }
+        let value = core::ptr::read_volatile(slot);
+        if core::ptr::read_volatile(tag) != object {
+            return None;
+        }
+        core::ptr::write_volatile(tag, 0);
+        Some(value)
+    }
+}
 
 // block:block_bio_queue — TP_PROTO(struct bio *bio)
 #[raw_tracepoint(tracepoint = "block_bio_queue")]
@@ -84,36 +126,16 @@ pub fn block_bio_queue(ctx: RawTracePointContext) -> i32 {
     }
     let bio: u64 = ctx.arg(0);
     if let Some(slot) = BIO_OWNER.get_ptr_mut(slot_of(bio)) {
-        // SAFETY: a live array element; the tag protocol above orders the stores.
-        unsafe {
-            core::ptr::write_volatile(&mut (*slot).bio, 0);
-            core::ptr::write_volatile(&mut (*slot).service, service);
-            core::ptr::write_volatile(&mut (*slot).queued_ns, now_ns());
-            core::ptr::write_volatile(&mut (*slot).bio, bio);
-        }
+        let owner = BioOwner {
+            bio: 0,
+            service,
+            _pad: 0,
+            queued_ns: now_ns(),
+        };
+        // SAFETY: a live element of BIO_OWNER, whose values start with their tag.
+        unsafe { put_tagged(slot, bio, owner) };
     }
     0
-}
-
-/// Takes `bio`'s owner and queueing time out of its slot, if it is there.
-#[inline(always)]
-fn take_bio_owner(bio: u64) -> Option<(u32, u64)> {
-    let slot = BIO_OWNER.get_ptr_mut(slot_of(bio))?;
-    // SAFETY: a live array element, read by the tag protocol above.
-    unsafe {
-        if core::ptr::read_volatile(&(*slot).bio) != bio {
-            return None;
-        }
-        let owner = (
-            core::ptr::read_volatile(&(*slot).service),
-            core::ptr::read_volatile(&(*slot).queued_ns),
-        );
-        if core::ptr::read_volatile(&(*slot).bio) != bio {
-            return None;
-        }
-        core::ptr::write_volatile(&mut (*slot).bio, 0);
-        Some(owner)
-    }
 }
 
 // block:block_rq_issue — TP_PROTO(struct request *rq)
@@ -129,7 +151,12 @@ fn try_issue(ctx: &RawTracePointContext) -> Result<(), ()> {
     let rq: *const u8 = ctx.arg(0);
     let o = offsets();
     let bio: u64 = read_field(rq, o.rq_bio)?;
-    let (service, queued_ns) = take_bio_owner(bio).unwrap_or_else(|| (current_service(), 0));
+    let owner = BIO_OWNER
+        .get_ptr_mut(slot_of(bio))
+        // SAFETY: a live element of BIO_OWNER, whose values start with their tag.
+        .and_then(|slot| unsafe { take_tagged(slot, bio) });
+    let (service, queued_ns) =
+        owner.map_or_else(|| (current_service(), 0), |o| (o.service, o.queued_ns));
     if service == u32::from(NO_SERVICE) {
         return Ok(());
     }
@@ -142,47 +169,22 @@ fn try_issue(ctx: &RawTracePointContext) -> Result<(), ()> {
         _ => 2,
     };
     let slot = RQ_START.get_ptr_mut(slot_of(rq as u64)).ok_or(())?;
-    // SAFETY: a live array element, written by the tag protocol above.
-    unsafe {
-        let held = core::ptr::read_volatile(&(*slot).rq);
-        if held != 0 && held != rq as u64 {
-            // Another request still in flight (or one whose completion was never traced).
-            count(Counter::DropBlockTrackFull);
-        }
-        core::ptr::write_volatile(&mut (*slot).rq, 0);
-        core::ptr::write_volatile(
-            &mut *slot,
-            RqStart {
-                rq: 0,
-                service,
-                dev,
-                queued_ns,
-                issued_ns: now_ns(),
-                op,
-                _pad: 0,
-            },
-        );
-        core::ptr::write_volatile(&mut (*slot).rq, rq as u64);
+    let start = RqStart {
+        rq: 0,
+        service,
+        dev,
+        queued_ns,
+        issued_ns: now_ns(),
+        op,
+        _pad: 0,
+    };
+    // SAFETY: a live element of RQ_START, whose values start with their tag.
+    let held = unsafe { put_tagged(slot, rq as u64, start) };
+    if held != 0 && held != rq as u64 {
+        // Another request still in flight (or one whose completion was never traced).
+        count(Counter::DropBlockTrackFull);
     }
     Ok(())
-}
-
-/// Takes `rq`'s start out of its slot, if it is there.
-#[inline(always)]
-fn take_rq_start(rq: u64) -> Option<RqStart> {
-    let slot = RQ_START.get_ptr_mut(slot_of(rq))?;
-    // SAFETY: a live array element, read by the tag protocol above.
-    unsafe {
-        if core::ptr::read_volatile(&(*slot).rq) != rq {
-            return None;
-        }
-        let start = core::ptr::read_volatile(slot);
-        if core::ptr::read_volatile(&(*slot).rq) != rq {
-            return None;
-        }
-        core::ptr::write_volatile(&mut (*slot).rq, 0);
-        Some(start)
-    }
 }
 
 // block:block_rq_complete — TP_PROTO(struct request *rq, blk_status_t error,
@@ -197,7 +199,9 @@ pub fn block_rq_complete(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_complete(ctx: &RawTracePointContext) -> Result<(), ()> {
     let rq: u64 = ctx.arg(0);
-    let Some(start) = take_rq_start(rq) else {
+    let slot = RQ_START.get_ptr_mut(slot_of(rq)).ok_or(())?;
+    // SAFETY: a live element of RQ_START, whose values start with their tag.
+    let Some(start) = (unsafe { take_tagged(slot, rq) }) else {
         return Ok(());
     };
     let bytes = ctx.arg::<u64>(2) & 0xffff_ffff;
