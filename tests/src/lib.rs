@@ -205,7 +205,17 @@ impl Drop for KillOnDrop {
 impl Agent {
     /// Starts `crmprof -v ARGS` and waits (up to 30 s) until it logs that it is measuring.
     pub fn start(args: &[&str]) -> Self {
-        Self::start_command(Command::new(crmprof()).arg("-v").args(args))
+        Self::start_with_env(&[], args)
+    }
+
+    /// [`Agent::start`], with `env` added to crmprof's environment.
+    pub fn start_with_env(env: &[(&str, &str)], args: &[&str]) -> Self {
+        Self::start_command(
+            Command::new(crmprof())
+                .envs(env.iter().copied())
+                .arg("-v")
+                .args(args),
+        )
     }
 
     /// Starts a command that runs crmprof (e.g. [`crmprof_as_nobody`]), and waits as

@@ -46,11 +46,17 @@ fn transfer_with(
     bytes: u64,
 ) -> Value {
     let (sink_name, source_name) = (tag("snk"), tag("src"));
-    let agent = Agent::start_command(
-        std::process::Command::new(integration_tests::crmprof())
-            .envs(env.iter().copied())
-            .args(["-v", "profile", "--duration", "120s", "--comm", &sink_name])
-            .args(["--comm", &source_name]),
+    let agent = Agent::start_with_env(
+        env,
+        &[
+            "profile",
+            "--duration",
+            "120s",
+            "--comm",
+            &sink_name,
+            "--comm",
+            &source_name,
+        ],
     );
     let mut sink = Workload::start_in(scratch, wrapper, &sink_name, false, &["tcp-sink", bind]);
     let port = sink.read_line();
@@ -118,6 +124,9 @@ fn loopback_transfer_bytes_are_exact() {
     );
 }
 
+/// The agent's environment that attaches the raw twins of its BTF-typed programs.
+const RAW_TWINS: (&str, &str) = ("CRMPROF_RAW_TRACEPOINTS", "1");
+
 /// The raw twins of the BTF-typed programs (attached when a kernel refuses those) count the
 /// same: the loopback transfer's bytes, exactly.
 #[test]
@@ -127,7 +136,7 @@ fn raw_twins_count_the_same_bytes() {
     }
     let scratch = Scratch::new("rawtwin");
     let doc = transfer_with(
-        &[("CRMPROF_RAW_TRACEPOINTS", "1")],
+        &[RAW_TWINS],
         &scratch,
         &[],
         "127.0.0.1:0",
@@ -338,7 +347,7 @@ fn raw_twins_tell_the_same_network_wait() {
     if !privileged("raw_twins_tell_the_same_network_wait") {
         return;
     }
-    let doc = slow_server_round_trips(&[("CRMPROF_RAW_TRACEPOINTS", "1")]);
+    let doc = slow_server_round_trips(&[RAW_TWINS]);
     let note = doc["agent"]["probes"]["sched"]["note"]
         .as_str()
         .unwrap_or("");
@@ -354,11 +363,17 @@ fn raw_twins_tell_the_same_network_wait() {
 fn slow_server_round_trips(env: &[(&str, &str)]) -> Value {
     let scratch = Scratch::new("slow");
     let (server, client) = (tag("srv"), tag("cli"));
-    let agent = Agent::start_command(
-        std::process::Command::new(integration_tests::crmprof())
-            .envs(env.iter().copied())
-            .args(["-v", "profile", "--duration", "120s", "--comm", &server])
-            .args(["--comm", &client]),
+    let agent = Agent::start_with_env(
+        env,
+        &[
+            "profile",
+            "--duration",
+            "120s",
+            "--comm",
+            &server,
+            "--comm",
+            &client,
+        ],
     );
     let mut srv = Workload::start(
         &scratch,
