@@ -13,8 +13,9 @@
 //! and the same with the syscall probes attached all the time (`crmprof-always`:
 //! `syscall_duty_cycle = 1`). The agent's window is the run's length and a run starts as the
 //! agent starts measuring, so each run with `crmprof` is one whole window, its first tenth
-//! with the syscall probes attached — as every window of a long-running agent. Many short
-//! rounds beat a few long ones here: neighbouring runs share the machine's drift. Prints one
+//! with the syscall probes attached — as every window of a long-running agent. Each load's
+//! sequence starts with a warm-up run that is not kept. Many short rounds beat a few long ones
+//! here: neighbouring runs share the machine's drift. Prints one
 //! JSON line per run, `seq` its place in the round:
 //! `{"load":…,"what":…,"config":…,"round":…,"seq":…,"throughput":…,"p99_ms":…}`. Then one
 //! more run per load with `crmprof` and the kernel's BPF statistics on (bpftool), not in the
@@ -84,8 +85,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // Besides the three compared by the bench, `crmprof-no-GROUP` runs the defaults without
-    // one probe group: for finding which group a cost comes from.
+    // Besides the three compared by the bench, `crmprof-no-GROUP[+GROUP...]` runs the defaults
+    // without those probe groups: for finding which group a cost comes from.
     let compared: Vec<&str> = match configs {
         None => COMPARED.to_vec(),
         Some(configs) => configs.split(',').collect(),
@@ -141,6 +142,11 @@ fn main() {
             order.rotate_left((round + i) % compared.len());
             let sequence = std::iter::once("without")
                 .chain(order.into_iter().flat_map(|config| [config, "without"]));
+            // The first run of a load after another one runs cold (PostgreSQL's select-only
+            // ran 13% below the round's median there): it warms up and is not kept, or it would
+            // skew the ratios of the run after it.
+            eprintln!("crm-load: round {}/{rounds}, {load}, warm-up", round + 1);
+            loads.run(load);
             for (seq, config) in sequence.enumerate() {
                 eprintln!("crm-load: round {}/{rounds}, {load}, {config}", round + 1);
                 let agent = start_tracer(&crmprof, config, &dir, seconds);
@@ -279,8 +285,9 @@ fn start_tracer(crmprof: &Path, config: &str, dir: &Path, seconds: u64) -> Optio
             if config == "crmprof-always" {
                 text.insert_str(0, "syscall_duty_cycle = 1\n");
             }
-            if let Some(group) = config.strip_prefix("crmprof-no-") {
-                text.insert_str(0, &format!("disable_groups = [\"{group}\"]\n"));
+            if let Some(groups) = config.strip_prefix("crmprof-no-") {
+                let quoted: Vec<String> = groups.split('+').map(|g| format!("{g:?}")).collect();
+                text.insert_str(0, &format!("disable_groups = [{}]\n", quoted.join(", ")));
             }
             text.push_str(SERVERS_ONLY);
             std::fs::write(&conf, text).expect("writing the crmprof config");
