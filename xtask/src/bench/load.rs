@@ -8,7 +8,7 @@ use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
-use super::stats;
+use super::{median_of_sorted, stats};
 
 /// Throughput with crmprof ≥ 0.97 × without; p99 latency ≤ 1.05 × without.
 const TARGET_THROUGHPUT: f64 = 0.97;
@@ -208,11 +208,7 @@ impl Median {
                 high: 0.0,
             };
         }
-        let median = if n % 2 == 1 {
-            s[n / 2]
-        } else {
-            f64::midpoint(s[n / 2 - 1], s[n / 2])
-        };
+        let median = median_of_sorted(&s);
         // The largest k with P(Binomial(n, ½) < k) ≤ 2.5%: [s[k-1], s[n-k]] covers the median
         // with probability ≥ 95%.
         let mut k = 0;

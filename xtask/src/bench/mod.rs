@@ -199,15 +199,25 @@ impl Tools {
     }
 }
 
+/// Minimum, median and maximum.
 fn stats(v: &[f64]) -> (f64, f64, f64) {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
-    let median = if s.is_empty() { 0.0 } else { s[s.len() / 2] };
     (
         s.first().copied().unwrap_or(0.0),
-        median,
+        median_of_sorted(&s),
         s.last().copied().unwrap_or(0.0),
     )
+}
+
+/// The median of sorted figures (the mean of the middle two when they are even in number), 0
+/// for none: the one definition every table of the bench uses.
+fn median_of_sorted(s: &[f64]) -> f64 {
+    match s.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => s[n / 2],
+        n => f64::midpoint(s[n / 2 - 1], s[n / 2]),
+    }
 }
 
 /// Waits (up to a minute) for the machine to be otherwise idle: figures from a busy machine
@@ -752,4 +762,17 @@ fn own_cost(tools: &Tools, millis: u64) -> anyhow::Result<OwnCost> {
         idle_rss_mib: idle.2,
         load_rss_mib: load.2,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{median_of_sorted, stats};
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median_of_sorted(&[]), 0.0);
+        assert_eq!(median_of_sorted(&[1.0, 2.0, 7.0]), 2.0);
+        assert_eq!(median_of_sorted(&[1.0, 2.0, 4.0, 9.0]), 3.0);
+        assert_eq!(stats(&[9.0, 1.0, 4.0, 2.0]), (1.0, 3.0, 9.0));
+    }
 }
