@@ -67,6 +67,14 @@ pub fn missing_fields(o: &Offsets, group: &str) -> Vec<&'static str> {
         .filter(|(_, off)| *off == MISSING)
         .map(|(name, _)| *name)
         .collect();
+    // The socket programs read a socket's addresses, hash and ports in one go (its fingerprint)
+    // and take the ports from it.
+    if group == "net"
+        && missing.is_empty()
+        && (o.skc_dport != o.skc_daddr.wrapping_add(12) || o.skc_num != o.skc_dport + 2)
+    {
+        missing.push("sock_common.skc_dport and skc_num 12 and 14 bytes after skc_daddr");
+    }
     // sched_switch reads the incoming task's pid and tgid in one go.
     if group == "sched" && o.task_tgid != o.task_pid.wrapping_add(4) {
         missing.push("task_struct.tgid right after task_struct.pid");
@@ -131,5 +139,16 @@ mod tests {
         );
         assert!(o.skc_daddr != MISSING && o.skc_family != MISSING, "{o:?}");
         assert!(missing_fields(&o, "net").is_empty());
+        // A kernel whose ports are not where the fingerprint expects them runs no socket
+        // programs, and says why.
+        let moved = Offsets {
+            skc_dport: o.skc_dport + 4,
+            skc_num: o.skc_num + 4,
+            ..o
+        };
+        assert_eq!(
+            missing_fields(&moved, "net"),
+            ["sock_common.skc_dport and skc_num 12 and 14 bytes after skc_daddr"]
+        );
     }
 }
