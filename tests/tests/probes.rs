@@ -36,6 +36,15 @@ fn transfer(
     transfer_with(&[], scratch, wrapper, bind, connect_host, bytes)
 }
 
+/// `crmprof profile` (long enough never to end on its own) of the processes named `a` and `b`,
+/// with `env` added to its environment.
+fn profiling(env: &[(&str, &str)], a: &str, b: &str) -> Agent {
+    Agent::start_with_env(
+        env,
+        &["profile", "--duration", "120s", "--comm", a, "--comm", b],
+    )
+}
+
 /// [`transfer`], with the agent's environment extended by `env`.
 fn transfer_with(
     env: &[(&str, &str)],
@@ -46,18 +55,7 @@ fn transfer_with(
     bytes: u64,
 ) -> Value {
     let (sink_name, source_name) = (tag("snk"), tag("src"));
-    let agent = Agent::start_with_env(
-        env,
-        &[
-            "profile",
-            "--duration",
-            "120s",
-            "--comm",
-            &sink_name,
-            "--comm",
-            &source_name,
-        ],
-    );
+    let agent = profiling(env, &sink_name, &source_name);
     let mut sink = Workload::start_in(scratch, wrapper, &sink_name, false, &["tcp-sink", bind]);
     let port = sink.read_line();
     let mut source = Workload::start(
@@ -363,18 +361,7 @@ fn raw_twins_tell_the_same_network_wait() {
 fn slow_server_round_trips(env: &[(&str, &str)]) -> Value {
     let scratch = Scratch::new("slow");
     let (server, client) = (tag("srv"), tag("cli"));
-    let agent = Agent::start_with_env(
-        env,
-        &[
-            "profile",
-            "--duration",
-            "120s",
-            "--comm",
-            &server,
-            "--comm",
-            &client,
-        ],
-    );
+    let agent = profiling(env, &server, &client);
     let mut srv = Workload::start(
         &scratch,
         &server,
