@@ -26,6 +26,9 @@ pub mod maps {
     /// `Array<u32>`: `[0]` is the number of the syscall probes' current attach (1..=127, see
     /// [`crate::start`]), bumped by the agent before each attach when it cycles them.
     pub const SYSCALL_PHASE: &str = "SYSCALL_PHASE";
+    /// `Array<u32>`: `[0]` is 1 while `sock_recv_length` is attached (set by the agent, which
+    /// may cycle it): `sched_switch` then knows a thread's receives as well as its sends.
+    pub const RECEIVES_SEEN: &str = "RECEIVES_SEEN";
     /// `PerCpuHashMap<ErrnoKey, u64>`: failed calls by errno.
     pub const SYSCALL_ERRORS: &str = "SYSCALL_ERRORS";
     /// `HashMap<[u8; 16], u32>`: comm → service id, applied at exec.

@@ -9,7 +9,7 @@ use agent_ebpf::{Counter, NO_SERVICE, NetStats, OnCpu, PeerKey, PeerStats, proc_
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task},
     macros::{btf_tracepoint, map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 
@@ -127,6 +127,17 @@ static SOCK_OWNER: HashMap<u64, u32> = HashMap::with_max_entries(65536, 0);
 /// servers already listening.
 #[map(name = "LISTEN_OWNER")]
 static LISTEN_OWNER: HashMap<u32, u32> = HashMap::with_max_entries(4096, 0);
+
+/// `[0]`: 1 while `sock_recv_length` is attached (the agent may attach it for part of each
+/// window only: `socket_receive_duty_cycle`).
+#[map(name = "RECEIVES_SEEN")]
+static RECEIVES_SEEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether a thread's receives are seen now, not only its sends.
+#[inline(always)]
+pub fn receives_seen() -> bool {
+    RECEIVES_SEEN.get(0).is_some_and(|v| *v != 0)
+}
 
 /// First port of `net.ipv4.ip_local_port_range`, set by the loader: a remote port at or above
 /// it talking to a local port below it is a client's ephemeral port.

@@ -470,6 +470,12 @@ fn switch_out<const TYPED: bool>(
             (*t).peer = peer;
             (*t).last_sent = sent;
         }
+    } else if !crate::net::receives_seen() {
+        // No socket call seen in this time slice, and receives are not being seen: a reply
+        // the thread may have read since its last send would go unnoticed, so a send counts
+        // as awaiting a response only in the slice it was made in.
+        // SAFETY: as above.
+        unsafe { (*t).last_sent = 0 };
     }
     let Some(s) = stats_of(service) else {
         return;

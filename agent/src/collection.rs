@@ -15,7 +15,7 @@ use crate::{
     error::ProbeError,
     histogram, host,
     names::{errno_label, syscall_name},
-    probes::{Probes, counter_name, disk, is_loss, net, sched, syscalls},
+    probes::{Cycled, Probes, counter_name, disk, is_loss, net, sched, syscalls},
     profile::{
         Agent, CpuProfile, DeviceProfile, DiskProfile, ErrorProfile, Host, NetworkProfile,
         OffCpuProfile, PeerProfile, ProbeReport, Profile, SCHEMA, ServiceProfile, SyscallProfile,
@@ -67,7 +67,9 @@ impl Collector {
         let events = probes.take_proc_events()?;
         let window_start_mono = monotonic_now_ns();
         sched::start_window(&mut probes, window_start_mono)?;
-        probes.take_syscall_probe_ns(window_start_mono);
+        for which in [Cycled::Syscalls, Cycled::Receives] {
+            probes.take_probe_ns(which, window_start_mono);
+        }
         let previous = Reading::take(&probes)?;
         let mut collector = Self {
             probes,
@@ -115,11 +117,13 @@ impl Collector {
         let listeners = net::listeners(&self.probes).unwrap_or_default();
         let end_ns = unix_now_ns();
         let duration_ns = end_ns.saturating_sub(self.window_start_ns);
-        let syscall_probe_ns = self.probes.take_syscall_probe_ns(end_mono);
-        let scale = Scale::new(
-            end_mono.saturating_sub(self.window_start_mono),
-            syscall_probe_ns,
-        );
+        let window_mono = end_mono.saturating_sub(self.window_start_mono);
+        let syscall_probe_ns = self.probes.take_probe_ns(Cycled::Syscalls, end_mono);
+        let receive_probe_ns = self.probes.take_probe_ns(Cycled::Receives, end_mono);
+        let scale = Scales {
+            syscalls: Scale::new(window_mono, syscall_probe_ns),
+            receives: Scale::new(window_mono, receive_probe_ns),
+        };
 
         let mut dropped = BTreeMap::new();
         let mut tracking = BTreeMap::new();
@@ -168,6 +172,7 @@ impl Collector {
                 end_unix_ns: end_ns,
                 duration_ns,
                 syscall_probe_ns: syscall_probe_ns.min(duration_ns),
+                socket_receive_probe_ns: receive_probe_ns.min(duration_ns),
             },
             agent: Agent {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -194,7 +199,7 @@ impl Collector {
         now: &Reading,
         open: &HashMap<u32, sched::Open>,
         listeners: &HashMap<u16, u32>,
-        scale: Scale,
+        scale: Scales,
     ) -> Vec<ServiceProfile> {
         let mut by_service: HashMap<u32, Vec<SyscallProfile>> = HashMap::new();
         for (key, totals) in &now.syscalls.stats {
@@ -205,7 +210,7 @@ impl Collector {
             by_service
                 .entry(key.service)
                 .or_default()
-                .push(syscall_profile(key.nr, &delta, before, scale));
+                .push(syscall_profile(key.nr, &delta, before, scale.syscalls));
         }
         let mut errors: HashMap<u32, Vec<ErrorProfile>> = HashMap::new();
         for (key, &count) in &now.syscalls.errors {
@@ -224,7 +229,7 @@ impl Collector {
             errors.entry(key.service).or_default().push(ErrorProfile {
                 syscall: syscall_name(key.nr),
                 errno: errno_label(key.errno),
-                count: scale.apply(count),
+                count: scale.syscalls.apply(count),
                 seen: count,
             });
         }
@@ -242,7 +247,8 @@ impl Collector {
                         .then_with(|| a.syscall.cmp(&b.syscall))
                 });
                 let (cpu, offcpu) = self.sched_profile(id, now, open.get(&id));
-                let network = self.network_profile(id, now, offcpu.network_ns, listeners);
+                let network =
+                    self.network_profile(id, now, offcpu.network_ns, listeners, scale.receives);
                 let disk = self.disk_profile(id, now, offcpu.disk_ns);
                 ServiceProfile {
                     name: service.name.clone(),
@@ -304,6 +310,7 @@ impl Collector {
         now: &Reading,
         wait_ns: u64,
         listeners: &HashMap<u16, u32>,
+        receives: Scale,
     ) -> NetworkProfile {
         let zero = Default::default();
         let t = now.net.services.get(&id).unwrap_or(&zero);
@@ -320,7 +327,7 @@ impl Collector {
                     port: k.port,
                     service: None,
                     tx_bytes: p.tx_bytes.saturating_sub(before.tx_bytes),
-                    rx_bytes: p.rx_bytes.saturating_sub(before.rx_bytes),
+                    rx_bytes: receives.apply(p.rx_bytes.saturating_sub(before.rx_bytes)),
                     connections: p.connections.saturating_sub(before.connections),
                     wait_ns: p.wait_ns.saturating_sub(before.wait_ns),
                 };
@@ -340,7 +347,7 @@ impl Collector {
         peers.sort_by_key(|p| std::cmp::Reverse((p.wait_ns, p.tx_bytes + p.rx_bytes)));
         NetworkProfile {
             tx_bytes: t.tx_bytes.saturating_sub(b.tx_bytes),
-            rx_bytes: t.rx_bytes.saturating_sub(b.rx_bytes),
+            rx_bytes: receives.apply(t.rx_bytes.saturating_sub(b.rx_bytes)),
             connections_opened: t.connections_opened.saturating_sub(b.connections_opened),
             connections_closed: t.connections_closed.saturating_sub(b.connections_closed),
             connects_failed: t.connects_failed.saturating_sub(b.connects_failed),
@@ -417,8 +424,15 @@ fn delta(now: &syscalls::Totals, before: Option<&syscalls::Totals>) -> Option<sy
     })
 }
 
-/// From what the syscall probes saw to the window: they may have been attached for part of it
-/// only (`syscall_duty_cycle`).
+/// From what the cycled probes saw to the window.
+#[derive(Clone, Copy, Debug)]
+struct Scales {
+    syscalls: Scale,
+    receives: Scale,
+}
+
+/// From what cycled probes saw to the window: they may have been attached for part of it only
+/// (`syscall_duty_cycle`, `socket_receive_duty_cycle`).
 #[derive(Clone, Copy, Debug)]
 struct Scale {
     window_ns: u64,

@@ -40,6 +40,13 @@ pub struct Config {
     /// Default 0.1: the first second of a 10 s window. `crmprof profile` always keeps them
     /// attached.
     pub syscall_duty_cycle: f64,
+    /// The share of each window `crmprof run` keeps the socket receive probe
+    /// (`sock_recv_length`) attached, in (0, 1]; 1 keeps it attached. It runs on every socket
+    /// read of the host, the commonest call of a busy server; detached, it costs nothing.
+    /// Received bytes seen while attached are scaled to the window. Sent bytes stay exact,
+    /// and so do the network waits, which need the sends only. Default 0.1, as the syscall
+    /// probes. `crmprof profile` always keeps it attached.
+    pub socket_receive_duty_cycle: f64,
     /// Probe groups not to load (`process`, `sched`, `syscalls`, `net`, `disk`): each is
     /// reported as disabled. Without `sched`, the syscall probes look the task up per call,
     /// which costs more per syscall; without `syscalls`, nothing runs per syscall and waits are
@@ -255,6 +262,7 @@ impl Default for Config {
             max_threads: 16384,
             syscall_sample: 8,
             syscall_duty_cycle: 0.1,
+            socket_receive_duty_cycle: 0.1,
             disable_groups: Vec::new(),
             btf_path: PathBuf::from("/sys/kernel/btf/vmlinux"),
             discovery: Discovery::default(),
@@ -347,15 +355,27 @@ impl Config {
                 ),
             ));
         }
-        if !(config.syscall_duty_cycle > 0.0 && config.syscall_duty_cycle <= 1.0) {
-            return Err(invalid(
-                key_line("syscall_duty_cycle"),
-                format!(
-                    "syscall_duty_cycle {} is outside (0, 1]: it is the share of each window \
-                     the syscall probes are attached (1 keeps them attached)",
-                    config.syscall_duty_cycle
-                ),
-            ));
+        for (key, share, what) in [
+            (
+                "syscall_duty_cycle",
+                config.syscall_duty_cycle,
+                "the syscall probes are",
+            ),
+            (
+                "socket_receive_duty_cycle",
+                config.socket_receive_duty_cycle,
+                "the socket receive probe is",
+            ),
+        ] {
+            if !(share > 0.0 && share <= 1.0) {
+                return Err(invalid(
+                    key_line(key),
+                    format!(
+                        "{key} {share} is outside (0, 1]: it is the share of each window {what} \
+                         attached (1 keeps it attached)"
+                    ),
+                ));
+            }
         }
         if !config.syscall_sample.is_power_of_two() || config.syscall_sample > 1024 {
             return Err(invalid(
@@ -630,17 +650,25 @@ mod tests {
     }
 
     #[test]
-    fn the_syscall_duty_cycle_is_a_share_in_0_to_1() {
-        for (text, share) in [("1", 1.0), ("1.0", 1.0), ("0.25", 0.25)] {
-            let c = parse(&format!("syscall_duty_cycle = {text}\n")).ok();
-            assert_eq!(c.map(|c| c.syscall_duty_cycle), Some(share), "{text}");
-        }
-        for bad in ["0", "-0.5", "1.5", "nan"] {
-            let e = error(&format!("interval = \"10s\"\nsyscall_duty_cycle = {bad}\n"));
-            assert!(
-                e.starts_with("test.toml:2:") && e.contains("outside (0, 1]"),
-                "{bad}: {e}"
-            );
+    fn duty_cycles_are_shares_in_0_to_1() {
+        let read = |c: &Config, key: &str| match key {
+            "syscall_duty_cycle" => c.syscall_duty_cycle,
+            _ => c.socket_receive_duty_cycle,
+        };
+        for key in ["syscall_duty_cycle", "socket_receive_duty_cycle"] {
+            for (text, share) in [("1", 1.0), ("1.0", 1.0), ("0.25", 0.25)] {
+                let c = parse(&format!("{key} = {text}\n")).ok();
+                assert_eq!(c.map(|c| read(&c, key)), Some(share), "{key} = {text}");
+            }
+            for bad in ["0", "-0.5", "1.5", "nan"] {
+                let e = error(&format!("interval = \"10s\"\n{key} = {bad}\n"));
+                assert!(
+                    e.starts_with("test.toml:2:")
+                        && e.contains(key)
+                        && e.contains("outside (0, 1]"),
+                    "{key} = {bad}: {e}"
+                );
+            }
         }
     }
 
@@ -687,6 +715,7 @@ mod tests {
             max_threads: _,
             syscall_sample: _,
             syscall_duty_cycle: _,
+            socket_receive_duty_cycle: _,
             disable_groups: _,
             btf_path: _,
             discovery:
@@ -722,6 +751,7 @@ mod tests {
                 "max_threads",
                 "syscall_sample",
                 "syscall_duty_cycle",
+                "socket_receive_duty_cycle",
                 "disable_groups",
                 "btf_path",
                 "auto",

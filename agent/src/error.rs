@@ -27,8 +27,8 @@ pub enum ProbeError {
     MapRead { name: &'static str, reason: String },
     #[error("updating map {name}: {reason}")]
     MapWrite { name: &'static str, reason: String },
-    #[error("attaching or detaching the syscall probes: {0}")]
-    SyscallCycle(String),
+    #[error("attaching or detaching the {what}: {reason}")]
+    Cycle { what: &'static str, reason: String },
 }
 
 #[derive(Debug, Error)]

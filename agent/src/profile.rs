@@ -45,6 +45,12 @@ pub struct Window {
     /// attached.
     #[serde(default)]
     pub syscall_probe_ns: u64,
+    /// How long the socket receive probe was attached in the window: all of it, or the share
+    /// `socket_receive_duty_cycle` gives it. Received bytes (per service and per peer) are what
+    /// it saw in that time scaled to the window; sent bytes, connections, retransmits and
+    /// network waits are measured the whole window. 0 when the net group is not attached.
+    #[serde(default)]
+    pub socket_receive_probe_ns: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

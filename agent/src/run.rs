@@ -15,7 +15,7 @@ use crate::{
     config::{Config, ExportConfig},
     discovery::{self, Registry, Selection},
     export::Exporters,
-    probes::{LoadOptions, Probes, privileges},
+    probes::{Cycled, LoadOptions, Probes, privileges},
     profile::Profile,
     render,
 };
@@ -122,6 +122,58 @@ pub async fn profile(opts: &Options, duration: Duration) -> anyhow::Result<Profi
 }
 
 /// Sleeps until `at`, or forever when there is no `at`.
+/// Probes attached for the first part of each window only: while attached they cost every
+/// call of their kind on the host.
+struct DutyCycle {
+    which: Cycled,
+    /// How long they stay attached in each window.
+    on: Duration,
+    /// When they come off in this window; `None` once off.
+    off_at: Option<Instant>,
+}
+
+/// The duty cycles the configuration asks for, of probes that can be cycled; each says so in
+/// its group's note.
+fn duty_cycles(collector: &mut Collector, config: &Config, interval: Duration) -> Vec<DutyCycle> {
+    let mut cycles = Vec::new();
+    for (which, share, effect) in [
+        (
+            Cycled::Syscalls,
+            config.syscall_duty_cycle,
+            "counts and errors are scaled to the window, `seen` keeps what was counted",
+        ),
+        (
+            Cycled::Receives,
+            config.socket_receive_duty_cycle,
+            "received bytes are scaled to the window",
+        ),
+    ] {
+        if share >= 1.0 || !collector.probes.cyclable(which) {
+            continue;
+        }
+        let on = interval.mul_f64(share);
+        let note = format!(
+            "{} attached for the first {on:?} of every {interval:?} window ({} = {share}); \
+             {effect}",
+            which.what(),
+            which.key()
+        );
+        log::info!("{note}");
+        if let Some(status) = collector.probes.status.get_mut(which.group()) {
+            status.note = Some(match status.note.take() {
+                Some(earlier) => format!("{earlier}; {note}"),
+                None => note,
+            });
+        }
+        cycles.push(DutyCycle {
+            which,
+            on,
+            off_at: Some(Instant::now() + on),
+        });
+    }
+    cycles
+}
+
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -152,26 +204,7 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
     );
     let mut window = interval_at(Instant::now() + daemon.interval, daemon.interval);
     window.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // The syscall probes stay attached for the first part of each window only, if so
-    // configured: while attached they cost every syscall on the host.
-    let duty = opts.config.syscall_duty_cycle;
-    let syscalls_for =
-        (duty < 1.0 && collector.probes.syscalls_cyclable()).then(|| daemon.interval.mul_f64(duty));
-    if let Some(on) = syscalls_for {
-        let note = format!(
-            "attached for the first {on:?} of every {:?} window (syscall_duty_cycle = {duty}); \
-             counts and errors are scaled to the window, `seen` keeps what was counted",
-            daemon.interval
-        );
-        log::info!("syscall probes {note}");
-        if let Some(status) = collector.probes.status.get_mut("syscalls") {
-            status.note = Some(match status.note.take() {
-                Some(earlier) => format!("{earlier}; {note}"),
-                None => note,
-            });
-        }
-    }
-    let mut syscalls_off_at = syscalls_for.map(|on| Instant::now() + on);
+    let mut cycles = duty_cycles(&mut collector, &opts.config, daemon.interval);
     let mut drain = interval_at(Instant::now() + EVENT_DRAIN_PERIOD, EVENT_DRAIN_PERIOD);
     drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
@@ -180,10 +213,13 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
         let last = tokio::select! {
             _ = window.tick() => false,
             _ = drain.tick() => { collector.drain_events()?; continue; }
-            () = sleep_until_some(syscalls_off_at) => {
-                syscalls_off_at = None;
-                if let Err(e) = collector.probes.syscalls_off() {
-                    log::warn!("{e}; the syscall probes stay attached");
+            () = sleep_until_some(cycles.iter().filter_map(|c| c.off_at).min()) => {
+                let now = Instant::now();
+                for cycle in cycles.iter_mut().filter(|c| c.off_at.is_some_and(|at| at <= now)) {
+                    cycle.off_at = None;
+                    if let Err(e) = collector.probes.cycle_off(cycle.which) {
+                        log::warn!("{e}; the {} stay attached", cycle.which.what());
+                    }
                 }
                 continue;
             }
@@ -191,13 +227,13 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
             _ = terminate.recv() => true,
         };
         let profile = collector.collect()?;
-        if let Some(on) = syscalls_for
-            && !last
-            && collector.probes.syscalls_cyclable()
-        {
-            match collector.probes.syscalls_on() {
-                Ok(()) => syscalls_off_at = Some(Instant::now() + on),
-                Err(e) => log::warn!("{e}; the syscall probes stay detached"),
+        for cycle in cycles.iter_mut().filter(|_| !last) {
+            if !collector.probes.cyclable(cycle.which) {
+                continue;
+            }
+            match collector.probes.cycle_on(cycle.which) {
+                Ok(()) => cycle.off_at = Some(Instant::now() + cycle.on),
+                Err(e) => log::warn!("{e}; the {} stay detached", cycle.which.what()),
             }
         }
         // Local file and spools only: delivery runs on the sinks' own tasks.

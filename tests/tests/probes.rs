@@ -431,3 +431,163 @@ fn throttled_direct_io_is_disk_wait() {
     assert!(u(&disk["wait_ns"]) >= 500_000_000, "{disk:#}");
     std::thread::sleep(Duration::from_millis(10));
 }
+
+/// `crmprof run` with `socket_receive_duty_cycle = 0.25` and 2 s windows: the receive probe is
+/// attached for the first 0.5 s of each window only, and what it sees is scaled to the
+/// window; sends are counted the whole window. A source sends exactly 16 KiB every
+/// millisecond, so in every window wholly inside its run the sink received, and the source
+/// sent, 16,384,000 bytes/s × the window (±3%: the source paces itself in 1 ms steps on a
+/// busy machine, as the syscall duty-cycle test's workload does).
+#[test]
+fn a_receive_duty_cycle_scales_received_bytes_and_counts_every_send() {
+    if !privileged("a_receive_duty_cycle_scales_received_bytes_and_counts_every_send") {
+        return;
+    }
+    const PER_MS: u64 = 16_384;
+    let scratch = Scratch::new("rx-duty");
+    let (sink_name, source_name) = (tag("rxs"), tag("rxp"));
+    let (_agent, data) = cycled_agent(&scratch, "0.25", &[&sink_name, &source_name]);
+    let mut sink = Workload::start(&scratch, &sink_name, false, &["tcp-sink", "127.0.0.1:0"]);
+    let port = sink.read_line();
+    let started = std::time::SystemTime::now();
+    Workload::start(
+        &scratch,
+        &source_name,
+        false,
+        &[
+            "tcp-paced",
+            &format!("127.0.0.1:{port}"),
+            &PER_MS.to_string(),
+            "9000",
+        ],
+    )
+    .wait_success();
+    let ended = std::time::SystemTime::now();
+    sink.read_line();
+    sink.wait_success();
+    let windows = windows_within(&data, started, ended);
+    assert!(
+        windows.len() >= 3,
+        "{} whole windows in the 9 s run",
+        windows.len()
+    );
+    for doc in &windows {
+        let window = &doc["window"];
+        let (duration, attached) = (
+            u(&window["duration_ns"]),
+            u(&window["socket_receive_probe_ns"]),
+        );
+        let share = attached as f64 / duration as f64;
+        assert!(
+            (0.24..=0.26).contains(&share),
+            "receive probe attached {attached} ns of {duration} ns"
+        );
+        let expected = PER_MS * duration / 1_000_000;
+        let rx = u(&svc(doc, &sink_name)["network"]["rx_bytes"]);
+        let tx = u(&svc(doc, &source_name)["network"]["tx_bytes"]);
+        println!(
+            "window {duration} ns, receives seen {attached} ns: rx {rx}, tx {tx}, expected {expected}"
+        );
+        assert!(
+            within(rx, expected, 0.03),
+            "sink rx_bytes {rx}, expected {expected}"
+        );
+        assert!(
+            within(tx, expected, 0.03),
+            "source tx_bytes {tx}, expected {expected}"
+        );
+    }
+}
+
+/// With the receive probe detached for most of each window (`socket_receive_duty_cycle =
+/// 0.1`), an event loop that sends a request, polls for the reply, reads it and then polls for
+/// work that does not come is still told apart: the poll for the reply is a network wait, the
+/// poll for work is idle — its read of the reply went unseen, but a send counts as awaiting a
+/// response only in the time slice it was made in. 100 round trips with 30 ms of idle polling
+/// each: ≥ 2.4 s idle (80% of 3 s: the first window may start late), and network wait under a
+/// tenth of that (an echo on loopback answers in well under a millisecond).
+#[test]
+fn an_event_loop_waiting_for_work_is_idle_while_receives_go_unseen() {
+    if !privileged("an_event_loop_waiting_for_work_is_idle_while_receives_go_unseen") {
+        return;
+    }
+    let scratch = Scratch::new("rx-idle");
+    let (server, client) = (tag("ecs"), tag("ecc"));
+    let (agent, data) = cycled_agent(&scratch, "0.1", &[&client]);
+    let mut srv = Workload::start(
+        &scratch,
+        &server,
+        false,
+        &["slow-server", "127.0.0.1:0", "0", "100"],
+    );
+    let port = srv.read_line();
+    Workload::start(
+        &scratch,
+        &client,
+        false,
+        &["poll-client", &format!("127.0.0.1:{port}"), "100", "30"],
+    )
+    .wait_success();
+    srv.wait_success();
+    std::thread::sleep(Duration::from_millis(2500));
+    drop(agent.interrupt_and_output());
+    let text = std::fs::read_to_string(data.join("profiles.jsonl")).expect("profiles");
+    let (mut idle, mut network) = (0, 0);
+    for line in text.lines() {
+        let doc: Value = serde_json::from_str(line).expect("JSON line");
+        if let Some(s) = service(&doc, &client) {
+            idle += u(&s["offcpu"]["idle_ns"]);
+            network += u(&s["offcpu"]["network_ns"]);
+        }
+    }
+    println!("idle {idle} ns, network {network} ns");
+    assert!(
+        idle >= 2_400_000_000,
+        "idle {idle} ns, network {network} ns"
+    );
+    assert!(network * 10 < idle, "idle {idle} ns, network {network} ns");
+}
+
+/// `crmprof run` with 2 s windows and `socket_receive_duty_cycle = share`, profiling the
+/// processes named `names`; with the directory its profiles go to.
+fn cycled_agent(scratch: &Scratch, share: &str, names: &[&str]) -> (Agent, std::path::PathBuf) {
+    let data = scratch.0.join("data");
+    let mut toml = format!(
+        "interval = \"2s\"\nsocket_receive_duty_cycle = {share}\ndata_dir = \"{}\"\n\
+         [export.prometheus]\nenabled = false\n[discovery]\nauto = false\n",
+        data.display()
+    );
+    for name in names {
+        toml.push_str(&format!(
+            "[[service]]\nname = \"{name}\"\ncomm = \"{name}\"\n"
+        ));
+    }
+    let config = integration_tests::export::write_config(scratch, &toml);
+    let agent = Agent::start(&["run", "-q", "--config", config.to_str().expect("UTF-8")]);
+    (agent, data)
+}
+
+/// The profiles in `data` of windows that lie wholly between `from` (plus 0.2 s: a window's
+/// cycled probes attach at its start) and `to`, read once one more window has been written.
+fn windows_within(
+    data: &std::path::Path,
+    from: std::time::SystemTime,
+    to: std::time::SystemTime,
+) -> Vec<Value> {
+    std::thread::sleep(Duration::from_millis(2500));
+    let unix_ns = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_nanos() as u64
+    };
+    let (from, to) = (unix_ns(from) + 200_000_000, unix_ns(to));
+    let text = std::fs::read_to_string(data.join("profiles.jsonl")).expect("profiles");
+    text.lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("JSON line"))
+        .inspect(integration_tests::validate_profile)
+        .filter(|doc| {
+            let window = &doc["window"];
+            u(&window["start_unix_ns"]) >= from && u(&window["end_unix_ns"]) <= to
+        })
+        .collect()
+}

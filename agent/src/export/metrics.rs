@@ -308,7 +308,8 @@ const COUNTERS: &[(&str, &str, &str, &str)] = &[
         NET_RX,
         "crmprof.network.io.receive",
         "By",
-        "Bytes the service received on sockets.",
+        "Bytes the service received on sockets, scaled to the window when the receive probe \
+         was attached for part of it (socket_receive_duty_cycle).",
     ),
     (
         NET_OPENED,
@@ -350,7 +351,7 @@ const COUNTERS: &[(&str, &str, &str, &str)] = &[
         PEER_RX,
         "crmprof.peer.io.receive",
         "By",
-        "Bytes received from a downstream peer.",
+        "Bytes received from a downstream peer, scaled as the service's received bytes.",
     ),
     (
         DISK_READ,

@@ -305,6 +305,7 @@ pub(crate) mod tests {
                 end_unix_ns: (start_s + 10) * 1_000_000_000,
                 duration_ns: 10_000_000_000,
                 syscall_probe_ns: 10_000_000_000,
+                socket_receive_probe_ns: 10_000_000_000,
             },
             agent: Agent {
                 version: "0".to_owned(),

@@ -5,6 +5,7 @@
 //! is missing is reported (with the verifier log) and the others run.
 
 pub mod btf;
+mod cycle;
 pub mod disk;
 mod mapping;
 pub mod net;
@@ -18,8 +19,10 @@ use agent_ebpf::{COMM_LEN, Counter, globals, maps, programs};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{Program, ProgramError, RawTracePoint, raw_trace_point::RawTracePointLinkId},
+    programs::{Program, ProgramError, RawTracePoint},
 };
+pub use cycle::Cycled;
+use cycle::{Attached, Cycle, Link};
 use serde::Serialize;
 
 use crate::error::ProbeError;
@@ -142,8 +145,11 @@ pub struct Probes {
     selected_by_agent: i64,
     /// The syscall counts, mapped into the agent.
     calls: Option<syscalls::CallCounts>,
-    /// The syscall group's links, when it is attached.
-    syscall_switch: Option<syscalls::Switch>,
+    /// The syscall probes, when attached: a daemon may cycle them (`syscall_duty_cycle`).
+    syscall_cycle: Option<Cycle>,
+    /// The socket receive probe, when attached: a daemon may cycle it
+    /// (`socket_receive_duty_cycle`).
+    receive_cycle: Option<Cycle>,
     /// Whether `sched_switch_plain` (kernels without `bpf_task_pt_regs`) runs: it classifies
     /// waits only from the calls the syscall probes record, so they may not be cycled.
     plain_switch: bool,
@@ -202,8 +208,9 @@ impl Probes {
             true,
         )?;
         let calls = syscalls::CallCounts::map(&ebpf, cpus, rows);
-        let first_phase = syscalls::Switch::first_phase(&mut ebpf)?;
-        let mut syscall_switch = None;
+        let first_phase = Cycle::first_phase(&mut ebpf)?;
+        let mut syscall_cycle = None;
+        let mut receive_cycle = None;
         let mut status: BTreeMap<&'static str, GroupStatus> = BTreeMap::new();
         for group in GROUPS {
             if opts.disabled.iter().any(|d| d == group.name) {
@@ -244,18 +251,33 @@ impl Probes {
                 );
                 (failed(why), Vec::new())
             };
+            let now = crate::collection::monotonic_now_ns();
             if group.name == "syscalls" && result.status == "attached" {
                 // With the scheduler group, ON_CPU names the running task from now on — kept
                 // by sched_switch, checked at every syscall entry — so the socket probes,
                 // which run inside syscalls, may use it.
                 let keeps_on_cpu = programs == group.programs;
-                syscall_switch = Some(syscalls::Switch::attached(
+                let flag = keeps_on_cpu.then_some(maps::ON_CPU_KEPT);
+                syscall_cycle = Some(Cycle::attached(
                     &mut ebpf,
-                    programs,
+                    Cycled::Syscalls,
                     links,
-                    keeps_on_cpu,
-                    first_phase,
-                    crate::collection::monotonic_now_ns(),
+                    flag,
+                    Some(first_phase),
+                    now,
+                )?);
+            } else if group.name == "net" && result.status == "attached" {
+                let receive: Vec<Attached> = links
+                    .into_iter()
+                    .filter(|a| a.tracepoint == "sock_recv_length")
+                    .collect();
+                receive_cycle = Some(Cycle::attached(
+                    &mut ebpf,
+                    Cycled::Receives,
+                    receive,
+                    Some(maps::RECEIVES_SEEN),
+                    None,
+                    now,
                 )?);
             }
             status.insert(group.name, result);
@@ -277,7 +299,8 @@ impl Probes {
             pid_max,
             selected_by_agent: 0,
             calls: calls.ok(),
-            syscall_switch,
+            syscall_cycle,
+            receive_cycle,
             plain_switch,
             pids,
             max_service: 0,
@@ -298,45 +321,66 @@ impl Probes {
         1..=u32::from(self.max_service).min(rows.saturating_sub(1))
     }
 
-    /// Attaches the syscall probes again, if they are detached (`syscall_duty_cycle`). A
-    /// failure leaves them detached and the group reported as failed.
-    pub fn syscalls_on(&mut self) -> Result<(), ProbeError> {
-        let Some(switch) = self.syscall_switch.as_mut() else {
+    fn cycle_mut(&mut self, which: Cycled) -> &mut Option<Cycle> {
+        match which {
+            Cycled::Syscalls => &mut self.syscall_cycle,
+            Cycled::Receives => &mut self.receive_cycle,
+        }
+    }
+
+    /// Attaches cycled probes again, if they are detached. A failure leaves them detached: the
+    /// syscall group is then reported as failed, and the net group says receives are no
+    /// longer counted.
+    pub fn cycle_on(&mut self, which: Cycled) -> Result<(), ProbeError> {
+        let now = crate::collection::monotonic_now_ns();
+        let Some(mut cycle) = self.cycle_mut(which).take() else {
             return Ok(());
         };
-        let result = switch.attach(&mut self.ebpf, crate::collection::monotonic_now_ns());
-        if let Err(e) = &result {
-            // Whatever attached of the pair comes off again: half a pair counts nothing right.
-            let _ = switch.detach(&mut self.ebpf, crate::collection::monotonic_now_ns());
-            self.syscall_switch = None;
-            if let Some(s) = self.status.get_mut("syscalls") {
-                *s = failed(e.to_string());
+        let result = cycle.attach(&mut self.ebpf, now);
+        match &result {
+            Ok(()) => *self.cycle_mut(which) = Some(cycle),
+            Err(e) => {
+                // Whatever attached comes off again: half a pair counts nothing right.
+                let _ = cycle.detach(&mut self.ebpf, now);
+                if let Some(s) = self.status.get_mut(which.group()) {
+                    match which {
+                        Cycled::Syscalls => *s = failed(e.to_string()),
+                        Cycled::Receives => {
+                            s.note = Some(format!("{e}; received bytes are no longer counted"));
+                        }
+                    }
+                }
             }
         }
         result
     }
 
-    /// Detaches the syscall probes until [`Self::syscalls_on`].
-    pub fn syscalls_off(&mut self) -> Result<(), ProbeError> {
-        match self.syscall_switch.as_mut() {
-            Some(switch) => switch.detach(&mut self.ebpf, crate::collection::monotonic_now_ns()),
-            None => Ok(()),
-        }
+    /// Detaches cycled probes until [`Self::cycle_on`].
+    pub fn cycle_off(&mut self, which: Cycled) -> Result<(), ProbeError> {
+        let now = crate::collection::monotonic_now_ns();
+        let cycle = match which {
+            Cycled::Syscalls => self.syscall_cycle.as_mut(),
+            Cycled::Receives => self.receive_cycle.as_mut(),
+        };
+        cycle.map_or(Ok(()), |c| c.detach(&mut self.ebpf, now))
     }
 
-    /// How long the syscall probes were attached since the last call, up to `now` (monotonic
-    /// ns); the next measuring window starts at `now`.
-    pub fn take_syscall_probe_ns(&mut self, now: u64) -> u64 {
-        self.syscall_switch
+    /// How long cycled probes were attached since the last call, up to `now` (monotonic
+    /// ns); the next measuring window starts at `now`. 0 when they are not loaded.
+    pub fn take_probe_ns(&mut self, which: Cycled, now: u64) -> u64 {
+        self.cycle_mut(which)
             .as_mut()
-            .map_or(0, |s| s.take_attached_ns(now))
+            .map_or(0, |c| c.take_attached_ns(now))
     }
 
-    /// Whether the syscall probes can be detached for part of each window: they are attached,
-    /// and the scheduler group does not need them to classify waits (`sched_switch_plain`,
-    /// for kernels without `bpf_task_pt_regs`, does).
-    pub fn syscalls_cyclable(&self) -> bool {
-        self.syscall_switch.is_some() && !self.plain_switch
+    /// Whether the probes can be detached for part of each window: they are attached, and
+    /// for the syscall probes, the scheduler group does not need them to classify waits
+    /// (`sched_switch_plain`, for kernels without `bpf_task_pt_regs`, does).
+    pub fn cyclable(&self, which: Cycled) -> bool {
+        match which {
+            Cycled::Syscalls => self.syscall_cycle.is_some() && !self.plain_switch,
+            Cycled::Receives => self.receive_cycle.is_some(),
+        }
     }
 
     pub fn attached(&self, group: &str) -> bool {
@@ -563,11 +607,11 @@ fn fallback(program: &str) -> Option<(&'static str, &'static str)> {
     }
 }
 
-/// Attaches a group's programs; with the status, the links of the programs attached.
+/// Attaches a group's programs; with the status, the programs attached and their links.
 fn attach_group(
     ebpf: &mut Ebpf,
     programs: &[(&'static str, &'static str)],
-) -> (GroupStatus, Vec<RawTracePointLinkId>) {
+) -> (GroupStatus, Vec<Attached>) {
     let mut attached = Vec::new();
     let mut links = Vec::new();
     // Twins attached instead of their programs, and what they lack.
@@ -579,18 +623,24 @@ fn attach_group(
             Some(_) if raw_only => Err(AttachError::NotAsked),
             _ => attach_one(ebpf, program, tracepoint),
         };
+        let mut attached_program = program;
         if let Err(AttachError::Program(ProgramError::LoadError { .. }) | AttachError::Btf(_))
         | Err(AttachError::NotAsked) = &result
             && let Some((twin, lacks)) = fallback(program)
         {
             result = attach_one(ebpf, twin, tracepoint);
+            attached_program = twin;
             twins.push(twin);
             if !lacking.contains(&lacks) {
                 lacking.push(lacks);
             }
         }
         match result {
-            Ok(link) => links.extend(link),
+            Ok(link) => links.push(Attached {
+                program: attached_program,
+                tracepoint,
+                link,
+            }),
             Err(e) => return (group_failed(program, tracepoint, &e, attached), links),
         }
         attached.push(tracepoint);
@@ -656,36 +706,20 @@ pub(crate) enum AttachError {
     NotAsked,
 }
 
-/// Loads and attaches one program: a raw tracepoint (its link returned, for groups that detach
-/// and attach again) or a BTF-typed one (typed against the running kernel's own BTF).
-fn attach_one(
-    ebpf: &mut Ebpf,
-    program: &str,
-    tracepoint: &str,
-) -> Result<Option<RawTracePointLinkId>, AttachError> {
+/// Loads and attaches one program: a raw tracepoint or a BTF-typed one (typed against the
+/// running kernel's own BTF). Its link is for programs that are detached and attached again.
+fn attach_one(ebpf: &mut Ebpf, program: &str, tracepoint: &str) -> Result<Link, AttachError> {
     match ebpf.program_mut(program).ok_or(AttachError::Missing)? {
         Program::BtfTracePoint(prog) => {
             prog.load(tracepoint, &Btf::from_sys_fs()?)?;
-            prog.attach()?;
-            Ok(None)
+            Ok(Link::Typed(prog.attach()?))
         }
         prog => {
             let prog: &mut RawTracePoint = prog.try_into()?;
             prog.load()?;
-            Ok(Some(prog.attach(tracepoint)?))
+            Ok(Link::Raw(prog.attach(tracepoint)?))
         }
     }
-}
-
-/// The raw tracepoint program `program` of the object.
-fn raw_tracepoint<'a>(
-    ebpf: &'a mut Ebpf,
-    program: &str,
-) -> Result<&'a mut RawTracePoint, AttachError> {
-    Ok(ebpf
-        .program_mut(program)
-        .ok_or(AttachError::Missing)?
-        .try_into()?)
 }
 
 /// Bumps `SELECTION_GEN`. Not atomic with the kernel's own bumps, but a lost increment still

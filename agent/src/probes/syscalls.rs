@@ -5,12 +5,11 @@
 use std::collections::HashMap;
 
 use agent_ebpf::{
-    ErrnoKey, SYSCALL_NR_SLOTS, SyscallKey, SyscallStats, hist, maps, start, syscall_calls_index,
+    ErrnoKey, SYSCALL_NR_SLOTS, SyscallKey, SyscallStats, hist, maps, syscall_calls_index,
 };
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuHashMap},
-    programs::{ProgramError, RawTracePoint, raw_trace_point::RawTracePointLinkId},
 };
 
 use super::{Probes, map_ref, mapping::Mapping};
@@ -132,121 +131,4 @@ pub fn read(probes: &Probes) -> Result<Snapshot, ProbeError> {
         snapshot.stats.entry(pair).or_default().errors += n;
     }
     Ok(snapshot)
-}
-
-/// The syscall group's attachment. A daemon may cycle it (`syscall_duty_cycle`): attached for
-/// part of each window, detached — no cost to any process — for the rest. Each attach gets a
-/// new number in `SYSCALL_PHASE`, so the programs tell a call begun in this attach from one
-/// left over from an earlier one.
-pub struct Switch {
-    programs: &'static [(&'static str, &'static str)],
-    links: Vec<RawTracePointLinkId>,
-    /// Whether the scheduler group runs too: `ON_CPU` is then kept while attached.
-    keeps_on_cpu: bool,
-    phase: u32,
-    /// Monotonic ns of the current attach; `None` while detached.
-    since: Option<u64>,
-    /// Start of the window being measured, and the attached time already ended in it.
-    window_start: u64,
-    banked_ns: u64,
-}
-
-impl Switch {
-    /// Numbers the first attach; call before the group's programs are attached.
-    pub fn first_phase(ebpf: &mut Ebpf) -> Result<u32, ProbeError> {
-        super::set_scalar(ebpf, maps::SYSCALL_PHASE, 1_u32)?;
-        Ok(1)
-    }
-
-    /// The group as [`Probes::load`] attached it, with phase `phase`.
-    pub fn attached(
-        ebpf: &mut Ebpf,
-        programs: &'static [(&'static str, &'static str)],
-        links: Vec<RawTracePointLinkId>,
-        keeps_on_cpu: bool,
-        phase: u32,
-        now: u64,
-    ) -> Result<Self, ProbeError> {
-        if keeps_on_cpu {
-            super::set_scalar(ebpf, maps::ON_CPU_KEPT, 1_u32)?;
-        }
-        Ok(Self {
-            programs,
-            links,
-            keeps_on_cpu,
-            phase,
-            since: Some(now),
-            window_start: now,
-            banked_ns: 0,
-        })
-    }
-
-    pub fn is_attached(&self) -> bool {
-        self.since.is_some()
-    }
-
-    /// Attaches the programs again, under a new phase number.
-    pub fn attach(&mut self, ebpf: &mut Ebpf, now: u64) -> Result<(), ProbeError> {
-        if self.since.is_some() {
-            return Ok(());
-        }
-        self.phase = self.phase % start::PHASE_MASK as u32 + 1;
-        super::set_scalar(ebpf, maps::SYSCALL_PHASE, self.phase)?;
-        for &(program, tracepoint) in self.programs {
-            let link = raw_tracepoint(ebpf, program)?
-                .attach(tracepoint)
-                .map_err(|e| attach_error(program, tracepoint, &e))?;
-            self.links.push(link);
-        }
-        self.since = Some(now);
-        // Only now, with both programs in place, does `ON_CPU` name every caller again.
-        if self.keeps_on_cpu {
-            super::set_scalar(ebpf, maps::ON_CPU_KEPT, 1_u32)?;
-        }
-        Ok(())
-    }
-
-    /// Detaches the programs: from here on no syscall on the host pays for them.
-    /// Also takes off what a failed [`Self::attach`] left attached.
-    pub fn detach(&mut self, ebpf: &mut Ebpf, now: u64) -> Result<(), ProbeError> {
-        if let Some(since) = self.since.take() {
-            if self.keeps_on_cpu {
-                super::set_scalar(ebpf, maps::ON_CPU_KEPT, 0_u32)?;
-            }
-            self.banked_ns += now.saturating_sub(since.max(self.window_start));
-        }
-        for (&(program, tracepoint), link) in self.programs.iter().zip(self.links.drain(..)) {
-            raw_tracepoint(ebpf, program)?
-                .detach(link)
-                .map_err(|e| attach_error(program, tracepoint, &e))?;
-        }
-        Ok(())
-    }
-
-    /// How long the programs were attached since the last call (or since they were first
-    /// attached), up to `now`; the next window starts at `now`.
-    pub fn take_attached_ns(&mut self, now: u64) -> u64 {
-        let open = self
-            .since
-            .map_or(0, |since| now.saturating_sub(since.max(self.window_start)));
-        let total = self.banked_ns + open;
-        self.banked_ns = 0;
-        self.window_start = now;
-        total
-    }
-}
-
-fn raw_tracepoint<'a>(
-    ebpf: &'a mut Ebpf,
-    program: &str,
-) -> Result<&'a mut RawTracePoint, ProbeError> {
-    super::raw_tracepoint(ebpf, program)
-        .map_err(|e| ProbeError::SyscallCycle(format!("{program}: {e}")))
-}
-
-fn attach_error(program: &str, tracepoint: &str, e: &ProgramError) -> ProbeError {
-    ProbeError::SyscallCycle(format!(
-        "{program} on raw tracepoint {tracepoint}: {}",
-        super::error_chain(e)
-    ))
 }

@@ -10,10 +10,11 @@
 //! configurations' order rotates each round. They are: only the empty floor programs (`floor`,
 //! `crmprof bench-floor`); `crmprof run` with its defaults profiling the three servers as
 //! configured services (`crmprof`: the load generators stand in for clients on other hosts);
-//! and the same with the syscall probes attached all the time (`crmprof-always`:
-//! `syscall_duty_cycle = 1`). The agent's window is the run's length and a run starts as the
-//! agent starts measuring, so each run with `crmprof` is one whole window, its first tenth
-//! with the syscall probes attached — as every window of a long-running agent. Each load's
+//! and the same with the syscall probes and the socket receive probe attached all the time
+//! (`crmprof-always`: `syscall_duty_cycle = 1`, `socket_receive_duty_cycle = 1`). The agent's
+//! window is the run's length and a run starts as the agent starts measuring, so each run with
+//! `crmprof` is one whole window, its first tenth with the syscall probes and the receive
+//! probe attached — as every window of a long-running agent. Each load's
 //! sequence starts with a warm-up run that is not kept. Many short rounds beat a few long ones
 //! here: neighbouring runs share the machine's drift. Prints one
 //! JSON line per run, `seq` its place in the round:
@@ -86,17 +87,18 @@ fn main() {
         }
     };
     // Besides the three compared by the bench, `crmprof-no-GROUP[+GROUP...]` runs the defaults
-    // without those probe groups: for finding which group a cost comes from.
+    // without those probe groups, and `crmprof+KEY=VALUE` with one setting changed: for
+    // finding where a cost comes from.
     let compared: Vec<&str> = match configs {
         None => COMPARED.to_vec(),
         Some(configs) => configs.split(',').collect(),
     };
-    if let Some(unknown) = compared
-        .iter()
-        .find(|c| !COMPARED.contains(c) && !c.starts_with("crmprof-no-"))
-    {
+    if let Some(unknown) = compared.iter().find(|c| {
+        !COMPARED.contains(c) && !c.starts_with("crmprof-no-") && !c.starts_with("crmprof+")
+    }) {
         eprintln!(
-            "crm-load: unknown configuration {unknown:?}; they are {}, crmprof-no-GROUP",
+            "crm-load: unknown configuration {unknown:?}; they are {}, crmprof-no-GROUP, \
+             crmprof+KEY=VALUE",
             COMPARED.join(", ")
         );
         std::process::exit(2);
@@ -283,7 +285,10 @@ fn start_tracer(crmprof: &Path, config: &str, dir: &Path, seconds: u64) -> Optio
                 dir.join("data").display()
             );
             if config == "crmprof-always" {
-                text.insert_str(0, "syscall_duty_cycle = 1\n");
+                text.insert_str(0, "syscall_duty_cycle = 1\nsocket_receive_duty_cycle = 1\n");
+            }
+            if let Some(setting) = config.strip_prefix("crmprof+") {
+                text.insert_str(0, &format!("{}\n", setting.replacen('=', " = ", 1)));
             }
             if let Some(groups) = config.strip_prefix("crmprof-no-") {
                 let quoted: Vec<String> = groups.split('+').map(|g| format!("{g:?}")).collect();

@@ -12,8 +12,12 @@
 //!   tcp-sink ADDR             listen on ADDR (port 0: any), print the port, read one
 //!                             connection to EOF, print the byte count
 //!   tcp-source ADDR BYTES     connect, write exactly BYTES, close
+//!   tcp-paced ADDR BYTES MILLIS  connect, write BYTES every millisecond for MILLIS, close
 //!   slow-server ADDR DELAY_MS N  answer N one-byte requests after DELAY_MS each
 //!   slow-client ADDR N        N request/response round trips
+//!   poll-client ADDR N IDLE_MS  N round trips as an event loop makes them — send, poll for
+//!                             the reply, read it — each followed by IDLE_MS polling a pipe
+//!                             that never becomes readable (waiting for work that is not there)
 //!   dio-write PATH BYTES      O_DIRECT writes of 1 MiB, then fsync
 //!   dio-read PATH BYTES       O_DIRECT reads of 1 MiB
 //!   make-file PATH MIB        write a file, fsync it and drop it from the page cache
@@ -34,8 +38,8 @@ use std::{
 
 const USAGE: &str = "usage: workload [--wait] sleep N MICROS | fail-open N | spin CPU_MS THREADS \
                      | spin-wall MS THREADS | mutex MS THREADS | tcp-sink ADDR \
-                     | tcp-source ADDR BYTES | slow-server ADDR DELAY_MS N \
-                     | slow-client ADDR N | dio-write PATH BYTES | dio-read PATH BYTES";
+                     | tcp-source ADDR BYTES | tcp-paced ADDR BYTES MS | slow-server ADDR DELAY_MS N \
+                     | slow-client ADDR N | poll-client ADDR N IDLE_MS | dio-write PATH BYTES | dio-read PATH BYTES";
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -151,6 +155,24 @@ fn run(args: &[String]) -> Result<(), String> {
             conn.shutdown(std::net::Shutdown::Both)
                 .map_err(|e| e.to_string())?;
         }
+        "tcp-paced" => {
+            // Sends `per_ms` bytes every millisecond for `millis` ms: a known byte rate.
+            let (addr, per_ms, millis) = (text(args, 1)?, num(args, 2)?, num(args, 3)?);
+            let mut conn = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+            let buf = vec![0x5au8; per_ms as usize];
+            let start = Instant::now();
+            let mut tick = 0u64;
+            while start.elapsed() < Duration::from_millis(millis) {
+                conn.write_all(&buf).map_err(|e| e.to_string())?;
+                tick += 1;
+                let next = start + Duration::from_millis(tick);
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+            conn.shutdown(std::net::Shutdown::Both)
+                .map_err(|e| e.to_string())?;
+        }
         "slow-server" => {
             let (addr, delay, n) = (text(args, 1)?, num(args, 2)?, num(args, 3)?);
             let listener = TcpListener::bind(addr).map_err(|e| e.to_string())?;
@@ -172,6 +194,27 @@ fn run(args: &[String]) -> Result<(), String> {
             for _ in 0..n {
                 conn.write_all(&byte).map_err(|e| e.to_string())?;
                 conn.read_exact(&mut byte).map_err(|e| e.to_string())?;
+            }
+        }
+        "poll-client" => {
+            let (addr, n, idle) = (text(args, 1)?, num(args, 2)?, num(args, 3)?);
+            let mut conn = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+            let (idle_fd, _writer) = std::io::pipe().map_err(|e| e.to_string())?;
+            let poll = |fd: i32, millis: i32| {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, millis) }
+            };
+            let mut byte = [1u8; 1];
+            for _ in 0..n {
+                conn.write_all(&byte).map_err(|e| e.to_string())?;
+                poll(conn.as_raw_fd(), -1);
+                conn.read_exact(&mut byte).map_err(|e| e.to_string())?;
+                poll(idle_fd.as_raw_fd(), idle as i32);
             }
         }
         "dio-write" | "dio-read" => {

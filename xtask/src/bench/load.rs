@@ -254,10 +254,11 @@ fn report(runs: &[Run], rounds: usize, seconds: u64) -> Report {
          empty floor programs; `crmprof run` with its defaults profiling the three servers as \
          configured services (the load generators stand in for clients on other hosts), its \
          window set to the run's length so that each run is one whole window with the syscall \
-         probes attached for its first tenth (`syscall_duty_cycle = 0.1`), as in every window \
+         probes and the socket receive probe attached for its first tenth \
+         (`syscall_duty_cycle = 0.1`, `socket_receive_duty_cycle = 0.1`), as in every window \
          of a long-running agent; and the same with them attached all the time \
-         (`crmprof-always`, `syscall_duty_cycle = 1`) — each run between two runs without probes, the \
-         order rotated each round, after a warm-up run that is not kept (a load's first run \
+         (`crmprof-always`, both 1) — each run between two runs without probes, the order \
+         rotated each round, after a warm-up run that is not kept (a load's first run \
          after another load runs cold). Servers and load generators share the machine's CPUs. \
          Throughput is the median (min–max) over runs. Each ratio is a run divided by the mean \
          of the runs without probes right before and after it; the table gives the median over \
