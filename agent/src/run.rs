@@ -121,7 +121,6 @@ pub async fn profile(opts: &Options, duration: Duration) -> anyhow::Result<Profi
     Ok(collector.collect()?)
 }
 
-/// Sleeps until `at`, or forever when there is no `at`.
 /// Probes attached for the first part of each window only: while attached they cost every
 /// call of their kind on the host.
 struct DutyCycle {
@@ -174,6 +173,7 @@ fn duty_cycles(collector: &mut Collector, config: &Config, interval: Duration) -
     cycles
 }
 
+/// Sleeps until `at`, or forever when there is no `at`.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -218,7 +218,7 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
                 for cycle in cycles.iter_mut().filter(|c| c.off_at.is_some_and(|at| at <= now)) {
                     cycle.off_at = None;
                     if let Err(e) = collector.probes.cycle_off(cycle.which) {
-                        log::warn!("{e}; the {} stay attached", cycle.which.what());
+                        log::warn!("{e}; left attached");
                     }
                 }
                 continue;
@@ -227,13 +227,14 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
             _ = terminate.recv() => true,
         };
         let profile = collector.collect()?;
-        for cycle in cycles.iter_mut().filter(|_| !last) {
-            if !collector.probes.cyclable(cycle.which) {
+        // The next window starts with every cycled probe attached.
+        for cycle in cycles.iter_mut() {
+            if last || !collector.probes.cyclable(cycle.which) {
                 continue;
             }
             match collector.probes.cycle_on(cycle.which) {
                 Ok(()) => cycle.off_at = Some(Instant::now() + cycle.on),
-                Err(e) => log::warn!("{e}; the {} stay detached", cycle.which.what()),
+                Err(e) => log::warn!("{e}; left detached"),
             }
         }
         // Local file and spools only: delivery runs on the sinks' own tasks.
