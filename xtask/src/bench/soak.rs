@@ -1,6 +1,7 @@
 //! The soak: `crmprof run` (defaults: auto-discovery, a window every 10 s, the syscall probes
-//! attached for its first second) for many minutes under a steady 100k syscalls/s and constant
-//! process churn, its resident memory and CPU sampled every 30 s. Memory must stay under 64 MiB and flat.
+//! and the socket receive probe attached for its first second) for many minutes under a steady
+//! 100k syscalls/s and constant process churn, its resident memory and CPU sampled every 30 s.
+//! Memory must stay under 64 MiB and flat.
 
 use std::{
     fmt::Write as _,
@@ -87,9 +88,10 @@ pub fn measure(tools: &Tools, minutes: u64) -> anyhow::Result<Report> {
     let _ = writeln!(
         md,
         "`crmprof run` with its defaults (auto-discovery, a window every 10 s, the syscall probes \
-         attached for its first second: attached and detached six times a minute) for {minutes} \
-         minutes while a process makes 100,000 getppid/s and {spawned} short-lived processes \
-         start and exit (ten a second). Resident memory and CPU sampled every 30 s.\n"
+         and the socket receive probe attached for its first second: attached and detached six \
+         times a minute) for {minutes} minutes while a process makes 100,000 getppid/s and \
+         {spawned} short-lived processes start and exit (ten a second). Resident memory and CPU \
+         sampled every 30 s.\n"
     );
     let _ = writeln!(md, "| figure | value |");
     let _ = writeln!(md, "| --- | --- |");
