@@ -409,6 +409,32 @@ pub fn validate_profile(doc: &Value) {
     );
 }
 
+/// The profiles `crmprof run` wrote to `data` of windows that lie wholly between `from` (plus
+/// 0.2 s: a window's cycled probes attach at its start) and `to`, each checked against the
+/// schema. Read it once the window after `to` has been written.
+pub fn windows_within(
+    data: &Path,
+    from: std::time::SystemTime,
+    to: std::time::SystemTime,
+) -> Vec<Value> {
+    let unix_ns = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_nanos() as u64
+    };
+    let (from, to) = (unix_ns(from) + 200_000_000, unix_ns(to));
+    let n = |v: &Value| v.as_u64().expect("a number");
+    let text = std::fs::read_to_string(data.join("profiles.jsonl")).expect("profiles");
+    text.lines()
+        .map(|line| serde_json::from_str::<Value>(line).expect("JSON line"))
+        .inspect(validate_profile)
+        .filter(|doc| {
+            let window = &doc["window"];
+            n(&window["start_unix_ns"]) >= from && n(&window["end_unix_ns"]) <= to
+        })
+        .collect()
+}
+
 /// The service named `name` in a profile document.
 pub fn service<'a>(doc: &'a Value, name: &str) -> Option<&'a Value> {
     doc["services"]

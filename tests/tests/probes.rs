@@ -5,6 +5,7 @@ use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
 use integration_tests::{
     Agent, Netns, Scratch, Workload, dominant, parse_profile, privileged, service, time_shares,
+    windows_within,
 };
 use serde_json::Value;
 
@@ -465,6 +466,8 @@ fn a_receive_duty_cycle_scales_received_bytes_and_counts_every_send() {
     let ended = std::time::SystemTime::now();
     sink.read_line();
     sink.wait_success();
+    // One more window after the run, so every window of it is on file.
+    std::thread::sleep(Duration::from_millis(2500));
     let windows = windows_within(&data, started, ended);
     assert!(
         windows.len() >= 3,
@@ -565,29 +568,4 @@ fn cycled_agent(scratch: &Scratch, share: &str, names: &[&str]) -> (Agent, std::
     let config = integration_tests::export::write_config(scratch, &toml);
     let agent = Agent::start(&["run", "-q", "--config", config.to_str().expect("UTF-8")]);
     (agent, data)
-}
-
-/// The profiles in `data` of windows that lie wholly between `from` (plus 0.2 s: a window's
-/// cycled probes attach at its start) and `to`, read once one more window has been written.
-fn windows_within(
-    data: &std::path::Path,
-    from: std::time::SystemTime,
-    to: std::time::SystemTime,
-) -> Vec<Value> {
-    std::thread::sleep(Duration::from_millis(2500));
-    let unix_ns = |t: std::time::SystemTime| {
-        t.duration_since(std::time::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_nanos() as u64
-    };
-    let (from, to) = (unix_ns(from) + 200_000_000, unix_ns(to));
-    let text = std::fs::read_to_string(data.join("profiles.jsonl")).expect("profiles");
-    text.lines()
-        .map(|line| serde_json::from_str::<Value>(line).expect("JSON line"))
-        .inspect(integration_tests::validate_profile)
-        .filter(|doc| {
-            let window = &doc["window"];
-            u(&window["start_unix_ns"]) >= from && u(&window["end_unix_ns"]) <= to
-        })
-        .collect()
 }

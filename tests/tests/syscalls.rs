@@ -1,7 +1,9 @@
 //! The syscall-latency probe end to end, against workloads whose truth is known.
 #![expect(clippy::expect_used, reason = "tests panic with a message")]
 
-use integration_tests::{Agent, Scratch, Workload, parse_profile, privileged, service, syscall};
+use integration_tests::{
+    Agent, Scratch, Workload, parse_profile, privileged, service, syscall, windows_within,
+};
 
 /// Exactly N clock_nanosleep calls of 1 ms by a process that starts *after* the agent (so the
 /// in-kernel exec rule selects it): the profile has exactly N calls and p50 in [1.0, 1.5] ms.
@@ -290,32 +292,17 @@ fn a_duty_cycle_sees_its_share_of_each_window_and_scales_it() {
         // One more window after the workload, so every window of its run is on file.
         std::thread::sleep(std::time::Duration::from_millis(2500));
         drop(agent.interrupt_and_output());
-        let unix_ns = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .expect("after 1970")
-                .as_nanos() as u64
-        };
-        let (run_start, run_end) = (unix_ns(started), unix_ns(ended));
-        let text = std::fs::read_to_string(data.join("profiles.jsonl")).expect("profiles");
-        let mut full = 0;
-        for line in text.lines() {
-            let doc: serde_json::Value = serde_json::from_str(line).expect("JSON line");
-            integration_tests::validate_profile(&doc);
+        let windows = windows_within(&data, started, ended);
+        for doc in &windows {
             let window = &doc["window"];
             let n = |v: &serde_json::Value| v.as_u64().expect("a number");
-            let (start, end) = (n(&window["start_unix_ns"]), n(&window["end_unix_ns"]));
-            // Windows the workload ran all through; a window's probes attach at its start.
-            if start < run_start + 200_000_000 || end > run_end {
-                continue;
-            }
-            full += 1;
             let (duration, attached) = (n(&window["duration_ns"]), n(&window["syscall_probe_ns"]));
             let share = attached as f64 / duration as f64;
             assert!(
                 (0.24..=0.26).contains(&share),
                 "{tag}: probes attached {attached} ns of {duration} ns"
             );
-            let svc = service(&doc, &name).unwrap_or_else(|| panic!("{tag}: no {name}: {doc:#}"));
+            let svc = service(doc, &name).unwrap_or_else(|| panic!("{tag}: no {name}: {doc:#}"));
             let calls = syscall(svc, "getppid").expect("getppid recorded");
             let (seen, count) = (n(&calls["seen"]) as f64, n(&calls["count"]) as f64);
             let expect_seen = RATE * attached as f64 / 1e9;
@@ -334,8 +321,9 @@ fn a_duty_cycle_sees_its_share_of_each_window_and_scales_it() {
             );
         }
         assert!(
-            full >= 3,
-            "{tag}: {full} whole windows in the 9 s run:\n{text}"
+            windows.len() >= 3,
+            "{tag}: {} whole windows in the 9 s run",
+            windows.len()
         );
     }
 }
