@@ -321,11 +321,13 @@ impl Probes {
         1..=u32::from(self.max_service).min(rows.saturating_sub(1))
     }
 
-    fn cycle_mut(&mut self, which: Cycled) -> &mut Option<Cycle> {
-        match which {
+    /// The object and one cycled set, borrowed together.
+    fn cycle_mut(&mut self, which: Cycled) -> (&mut Ebpf, &mut Option<Cycle>) {
+        let cycle = match which {
             Cycled::Syscalls => &mut self.syscall_cycle,
             Cycled::Receives => &mut self.receive_cycle,
-        }
+        };
+        (&mut self.ebpf, cycle)
     }
 
     /// Attaches cycled probes again, if they are detached. A failure leaves them detached: the
@@ -333,42 +335,39 @@ impl Probes {
     /// longer counted.
     pub fn cycle_on(&mut self, which: Cycled) -> Result<(), ProbeError> {
         let now = crate::collection::monotonic_now_ns();
-        let Some(mut cycle) = self.cycle_mut(which).take() else {
+        let (ebpf, slot) = self.cycle_mut(which);
+        let Some(cycle) = slot.as_mut() else {
             return Ok(());
         };
-        let result = cycle.attach(&mut self.ebpf, now);
-        match &result {
-            Ok(()) => *self.cycle_mut(which) = Some(cycle),
-            Err(e) => {
-                // Whatever attached comes off again: half a pair counts nothing right.
-                let _ = cycle.detach(&mut self.ebpf, now);
-                if let Some(s) = self.status.get_mut(which.group()) {
-                    match which {
-                        Cycled::Syscalls => *s = failed(e.to_string()),
-                        Cycled::Receives => {
-                            s.note = Some(format!("{e}; received bytes are no longer counted"));
-                        }
-                    }
+        let Err(e) = cycle.attach(ebpf, now) else {
+            return Ok(());
+        };
+        // Whatever attached comes off again: half a pair counts nothing right.
+        let _ = cycle.detach(ebpf, now);
+        *slot = None;
+        if let Some(s) = self.status.get_mut(which.group()) {
+            match which {
+                Cycled::Syscalls => *s = failed(e.to_string()),
+                Cycled::Receives => {
+                    s.note = Some(format!("{e}; received bytes are no longer counted"));
                 }
             }
         }
-        result
+        Err(e)
     }
 
     /// Detaches cycled probes until [`Self::cycle_on`].
     pub fn cycle_off(&mut self, which: Cycled) -> Result<(), ProbeError> {
         let now = crate::collection::monotonic_now_ns();
-        let cycle = match which {
-            Cycled::Syscalls => self.syscall_cycle.as_mut(),
-            Cycled::Receives => self.receive_cycle.as_mut(),
-        };
-        cycle.map_or(Ok(()), |c| c.detach(&mut self.ebpf, now))
+        let (ebpf, slot) = self.cycle_mut(which);
+        slot.as_mut().map_or(Ok(()), |c| c.detach(ebpf, now))
     }
 
     /// How long cycled probes were attached since the last call, up to `now` (monotonic
     /// ns); the next measuring window starts at `now`. 0 when they are not loaded.
     pub fn take_probe_ns(&mut self, which: Cycled, now: u64) -> u64 {
         self.cycle_mut(which)
+            .1
             .as_mut()
             .map_or(0, |c| c.take_attached_ns(now))
     }
