@@ -33,6 +33,11 @@ pub fn crmprof() -> PathBuf {
     )
 }
 
+/// A name unique to this test process (comm names, namespaces, cgroups): `prefix` and the pid.
+pub fn tag(prefix: &str) -> String {
+    format!("{prefix}{}", std::process::id() % 100_000)
+}
+
 /// The `workload` binary cargo built next to the test binaries (`target/<profile>/workload`;
 /// tests run from `target/<profile>/deps/`).
 pub fn workload_bin() -> PathBuf {
@@ -558,6 +563,7 @@ impl Netns {
             let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
         };
         quiet(&["netns", "del", name]);
+        remove_stale(subnet);
         let (host_if, ns_if) = (format!("{name}a"), format!("{name}b"));
         sh(&format!(
             "ip netns add {name} && ip link add {host_if} type veth peer name {ns_if} && \
@@ -574,6 +580,31 @@ impl Netns {
     /// The command prefix that runs a program inside the namespace.
     pub fn exec(&self) -> [&str; 4] {
         ["ip", "netns", "exec", &self.name]
+    }
+}
+
+/// Removes what a killed run (whose `Drop` never ran) left holding `subnet`: its host-side
+/// veth would still route the subnet, so this run's connections would reach the stale
+/// namespace and be refused.
+fn remove_stale(subnet: &str) {
+    let out = Command::new("ip")
+        .args(["-o", "-4", "addr", "show", "to", &format!("{subnet}.0/24")])
+        .output()
+        .expect("running ip");
+    // "20: crmv3284a    inet 10.214.0.1/24 scope global crmv3284a"
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(link) = line.split_whitespace().nth(1) else {
+            continue;
+        };
+        let link = link.split('@').next().unwrap_or(link);
+        eprintln!("removing {link}, left holding {subnet}.0/24 by an earlier run");
+        let _ = Command::new("ip").args(["link", "del", link]).status();
+        if let Some(ns) = link.strip_suffix('a') {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

@@ -4,14 +4,10 @@
 use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
 use integration_tests::{
-    Agent, Netns, Scratch, Workload, dominant, parse_profile, privileged, service, time_shares,
-    windows_within,
+    Agent, Netns, Scratch, Workload, dominant, parse_profile, privileged, service, tag,
+    time_shares, windows_within,
 };
 use serde_json::Value;
-
-fn tag(prefix: &str) -> String {
-    format!("{prefix}{}", std::process::id() % 100_000)
-}
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))

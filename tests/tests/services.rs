@@ -11,13 +11,9 @@ use std::{
 };
 
 use integration_tests::{
-    Agent, Scratch, Workload, crmprof, parse_profile, privileged, servers, service,
+    Agent, Scratch, Workload, crmprof, parse_profile, privileged, servers, service, tag,
 };
 use serde_json::Value;
-
-fn tag(prefix: &str) -> String {
-    format!("{prefix}{}", std::process::id() % 100_000)
-}
 
 fn services_json(args: &[&str]) -> Value {
     let out = Command::new(crmprof())

@@ -6,7 +6,8 @@
 use std::{os::unix::fs::MetadataExt as _, process::Command, time::Duration};
 
 use integration_tests::{
-    Agent, Netns, Scratch, Workload, parse_profile, privileged, service, sh, wait_for_quiet_cpu,
+    Agent, Netns, Scratch, Workload, parse_profile, privileged, service, sh, tag,
+    wait_for_quiet_cpu,
 };
 use serde_json::Value;
 
@@ -15,10 +16,6 @@ struct Outcome {
     service: String,
     expected: (&'static str, &'static str),
     verdict: Value,
-}
-
-fn tag(prefix: &str) -> String {
-    format!("{prefix}{}", std::process::id() % 100_000)
 }
 
 /// Profiles `names` while `run` drives the workload, and returns the profile. Each scenario's
