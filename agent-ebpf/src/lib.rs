@@ -158,11 +158,21 @@ pub struct OnCpu {
     pub peer_sent: u32,
     /// The process of `tid`: a changed selection is re-read from it without a helper call.
     pub tgid: u32,
-    /// Bytes sent to and received from `peer` not yet added to `PEER_STATS`: they are added
-    /// when the peer changes and when the task switches out, one hash update instead of one
-    /// per socket call. (Service totals in `NET_STATS` are updated on every call.)
+    /// Bytes this CPU moved to and from `pending_peer`, whichever task moved them, not yet
+    /// added to `PEER_STATS`: they are added when a socket call here is for another peer, when
+    /// the CPU goes idle, and at the first switch here after the agent starts a window — one
+    /// hash update per change of peer instead of one per call. (Service totals in `NET_STATS`
+    /// are updated on every call.)
+    pub pending_peer: PeerKey,
     pub pending_tx: u64,
     pub pending_rx: u64,
+    /// Network waits ended on this CPU (by `sched_switch` and `sched_wakeup`, which run with
+    /// interrupts off, so apart from the bytes the socket calls add) for `wait_peer`, not yet
+    /// added to `PEER_STATS`: added as the bytes are.
+    pub wait_peer: PeerKey,
+    pub pending_wait_ns: u64,
+    /// The window (`WINDOW`) the pending figures were last added to `PEER_STATS` in.
+    pub flushed_window: u64,
     /// The `task_struct` that `sched_switch` switched in, 0 when the task was found another
     /// way: the next switch compares it with its `prev` before trusting `tid`.
     pub task: u64,

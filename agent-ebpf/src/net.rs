@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 
-use crate::selection::{count, load, offsets, on_cpu, on_cpu_kept, read_field, service_of};
+use crate::selection::{ON_CPU, count, load, offsets, on_cpu, on_cpu_kept, read_field, service_of};
 
 const NO_PREALLOC: u32 = 1;
 const AF_UNIX: u16 = 1;
@@ -291,16 +291,18 @@ fn try_bytes<const TYPED: bool>(sk: *const u8, ret: u64, send: bool) -> Result<(
         add_peer_bytes(&peer, send, bytes);
         return Ok(());
     };
-    // The task's bytes to one peer add up in ON_CPU and reach PEER_STATS (a hash) once, when
-    // the peer changes or the task switches out.
     // SAFETY: this CPU's ON_CPU element, as above.
     unsafe {
-        if (*c).peer_set == 0 || (*c).peer != peer {
-            flush_peer_bytes(c);
-            (*c).peer = peer;
-            (*c).peer_set = 1;
-        }
+        // The task's last peer, for its waits (see `OnCpu::peer_set`).
+        (*c).peer = peer;
+        (*c).peer_set = 1;
         (*c).peer_sent = u32::from(send);
+        // This CPU's bytes to one peer add up here and reach PEER_STATS (a hash) once per
+        // change of peer.
+        if (*c).pending_peer != peer {
+            flush_pending_bytes(c);
+            (*c).pending_peer = peer;
+        }
         if send {
             (*c).pending_tx += bytes;
         } else {
@@ -340,12 +342,11 @@ fn add_peer_bytes(peer: &PeerKey, send: bool, bytes: u64) {
     }
 }
 
-/// Adds the running task's pending peer bytes to `PEER_STATS` (at a peer change, and from
-/// sched_switch when the task leaves the CPU).
+/// Adds this CPU's pending peer bytes to `PEER_STATS`.
 #[inline(always)]
-pub fn flush_peer_bytes(c: *mut OnCpu) {
+fn flush_pending_bytes(c: *mut OnCpu) {
     // SAFETY: this CPU's ON_CPU element.
-    let (tx, rx, peer) = unsafe { ((*c).pending_tx, (*c).pending_rx, (*c).peer) };
+    let (tx, rx) = unsafe { ((*c).pending_tx, (*c).pending_rx) };
     if tx == 0 && rx == 0 {
         return;
     }
@@ -354,13 +355,45 @@ pub fn flush_peer_bytes(c: *mut OnCpu) {
         (*c).pending_tx = 0;
         (*c).pending_rx = 0;
     }
-    if let Some(p) = peer_stats(&peer) {
+    // SAFETY: as above.
+    if let Some(p) = peer_stats(unsafe { &(*c).pending_peer }) {
         // SAFETY: this CPU's value of a per-CPU hash entry.
         unsafe {
             (*p).tx_bytes += tx;
             (*p).rx_bytes += rx;
         }
     }
+}
+
+/// Adds this CPU's pending network waits to `PEER_STATS`.
+#[inline(always)]
+fn flush_pending_wait(c: *mut OnCpu) {
+    // SAFETY: this CPU's ON_CPU element.
+    let wait = unsafe { core::mem::replace(&mut (*c).pending_wait_ns, 0) };
+    if wait == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    if let Some(p) = peer_stats(unsafe { &(*c).wait_peer }) {
+        // SAFETY: this CPU's value of a per-CPU hash entry.
+        unsafe { (*p).wait_ns += wait };
+    }
+}
+
+/// Adds everything this CPU holds pending to `PEER_STATS`: from `sched_switch`, when the CPU
+/// goes idle or the agent started a window since the last time (`window`), so that the agent,
+/// which runs on every CPU after it starts one, reads the figures up to its start.
+#[inline(always)]
+pub fn flush_pending(c: *mut OnCpu, idle: bool, window: u64) {
+    // SAFETY: this CPU's ON_CPU element.
+    unsafe {
+        if !idle && (*c).flushed_window == window {
+            return;
+        }
+        (*c).flushed_window = window;
+    }
+    flush_pending_bytes(c);
+    flush_pending_wait(c);
 }
 
 /// [`peer_of`], through this CPU's socket cache. `TYPED`: `sk` is BTF-typed.
@@ -387,12 +420,22 @@ fn cached_peer<const TYPED: bool>(sk: *const u8, service: u32) -> Result<PeerKey
     Ok(peer)
 }
 
-/// Adds a thread's network wait to the peer it last talked to.
+/// Adds a thread's network wait to the peer it last talked to: to this CPU's pending wait,
+/// which reaches `PEER_STATS` once per change of peer. Called with interrupts off
+/// (`sched_switch`, `sched_wakeup`), so nothing else on this CPU touches the pending wait
+/// meanwhile.
 #[inline(always)]
 pub fn add_peer_wait(peer: &PeerKey, ns: u64) {
-    if let Some(p) = peer_stats(peer) {
-        // SAFETY: this CPU's value of a per-CPU hash entry.
-        unsafe { (*p).wait_ns += ns };
+    let Some(c) = ON_CPU.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's ON_CPU element.
+    unsafe {
+        if (*c).wait_peer != *peer {
+            flush_pending_wait(c);
+            (*c).wait_peer = *peer;
+        }
+        (*c).pending_wait_ns += ns;
     }
 }
 

@@ -312,8 +312,6 @@ fn try_switch<const TYPED: bool>(args: &SwitchArgs) -> Result<(), ()> {
         }
     }
     let c = on_cpu().ok_or(())?;
-    // Bytes the outgoing task moved, to its peer's totals, whether or not it is still selected.
-    crate::net::flush_peer_bytes(c);
     // SAFETY: as above. The peer it used while on CPU, if any, is read before the incoming
     // task replaces it.
     let (tid, service, peer) = unsafe {
@@ -330,6 +328,7 @@ fn try_switch<const TYPED: bool>(args: &SwitchArgs) -> Result<(), ()> {
         forget_on_cpu(c);
         return Err(());
     };
+    crate::net::flush_pending(c, next_tid == 0, window_start());
     let next_service = restore_call(c, next_tid, next_tgid, next as u64);
     if service == u32::from(NO_SERVICE) && next_service == NO_SERVICE {
         // Neither side is selected: the common case on a busy host, and no clock read.
@@ -373,7 +372,6 @@ pub fn adopt(c: *mut OnCpu, tid: u32, tgid: u32) {
     if known {
         count(Counter::UntracedSwitch);
     }
-    crate::net::flush_peer_bytes(c);
     park_call(c, old_tid, 0);
     let service = restore_call(c, tid, tgid, 0);
     if service != NO_SERVICE
@@ -427,8 +425,13 @@ fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32, task: u64) -> u16 {
     } else {
         service_of(tgid)
     };
+    // Only a selected task's call is ever parked: skip the lookup — a cache miss in an array
+    // indexed by tid — for the rest. (A thread deselected with a call parked keeps it until it
+    // exits or its process is selected again.)
     let mut call = 0;
-    if let Some(slot) = SYSCALL_START.get_ptr_mut(tid) {
+    if service != NO_SERVICE
+        && let Some(slot) = SYSCALL_START.get_ptr_mut(tid)
+    {
         // SAFETY: the incoming thread's element; it is not running anywhere else.
         unsafe {
             call = *slot;

@@ -495,6 +495,18 @@ fn a_receive_duty_cycle_scales_received_bytes_and_counts_every_send() {
             within(tx, expected, 0.03),
             "source tx_bytes {tx}, expected {expected}"
         );
+        // Per peer, the bytes each CPU holds for its last peer reach the window they were
+        // sent in (the agent switches on every CPU as a window starts).
+        let peer_tx: u64 = svc(doc, &source_name)["network"]["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .map(|p| u(&p["tx_bytes"]))
+            .sum();
+        assert!(
+            within(peer_tx, expected, 0.03),
+            "source's peer tx_bytes {peer_tx}, expected {expected}"
+        );
     }
 }
 

@@ -146,9 +146,46 @@ pub fn open_intervals(
 }
 
 /// Tells the kernel a new window starts at `start` (monotonic ns): intervals ending later count
-/// only from there.
+/// only from there. Each CPU holds the bytes and waits of its last peer until it meets another
+/// (`OnCpu`), and adds them to `PEER_STATS` at its first context switch after this; the agent
+/// then runs once on every CPU it may, so the figures up to `start` are there to read when
+/// this returns.
 pub fn start_window(probes: &mut Probes, start: u64) -> Result<(), ProbeError> {
-    super::set_scalar(probes.ebpf_mut(), maps::WINDOW, start)
+    super::set_scalar(probes.ebpf_mut(), maps::WINDOW, start)?;
+    switch_on_every_cpu();
+    Ok(())
+}
+
+/// Moves this thread onto every CPU it may run on, one after another, and back: a context
+/// switch on each. CPUs it may not use (a cpuset) add their pending figures when they next go
+/// idle or switch to another peer instead.
+fn switch_on_every_cpu() {
+    // SAFETY: `cpu_set_t` is plain data; the calls read and set this thread's own affinity.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        let size = size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(0, size, &raw mut allowed) != 0 {
+            return;
+        }
+        let Ok(here) = usize::try_from(libc::sched_getcpu()) else {
+            return;
+        };
+        let mut moved = false;
+        let others = (0..libc::CPU_SETSIZE as usize).filter(|&cpu| cpu != here);
+        for cpu in others.chain([here]) {
+            if !libc::CPU_ISSET(cpu, &allowed) || (cpu == here && !moved) {
+                continue;
+            }
+            let mut only: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut only);
+            moved |= libc::sched_setaffinity(0, size, &raw const only) == 0;
+        }
+        if !moved {
+            // One CPU: a short sleep switches away from this thread there.
+            std::thread::sleep(std::time::Duration::from_micros(1));
+        }
+        libc::sched_setaffinity(0, size, &raw const allowed);
+    }
 }
 
 /// The class of each syscall, by name (x86_64).
