@@ -87,18 +87,22 @@ fn main() {
         }
     };
     // Besides the three compared by the bench, `crmprof-no-GROUP[+GROUP...]` runs the defaults
-    // without those probe groups, and `crmprof+KEY=VALUE` with one setting changed: for
-    // finding where a cost comes from.
+    // without those probe groups, `crmprof+KEY=VALUE` with one setting changed, and
+    // `crmprof@PATH` the defaults with another build of crmprof: for finding where a cost
+    // comes from, and for comparing two builds in the same rounds.
     let compared: Vec<&str> = match configs {
         None => COMPARED.to_vec(),
         Some(configs) => configs.split(',').collect(),
     };
     if let Some(unknown) = compared.iter().find(|c| {
-        !COMPARED.contains(c) && !c.starts_with("crmprof-no-") && !c.starts_with("crmprof+")
+        !COMPARED.contains(c)
+            && !c.starts_with("crmprof-no-")
+            && !c.starts_with("crmprof+")
+            && !c.starts_with("crmprof@")
     }) {
         eprintln!(
             "crm-load: unknown configuration {unknown:?}; they are {}, crmprof-no-GROUP, \
-             crmprof+KEY=VALUE",
+             crmprof+KEY=VALUE, crmprof@PATH",
             COMPARED.join(", ")
         );
         std::process::exit(2);
@@ -272,6 +276,11 @@ const SERVERS_ONLY: &str = "[discovery]\nauto = false\n\
 /// crmprof for one run: the floor programs or `crmprof run` (its window `seconds` long),
 /// started and waited for as the tests do ([`Agent`]); `None` for the run without probes.
 fn start_tracer(crmprof: &Path, config: &str, dir: &Path, seconds: u64) -> Option<Agent> {
+    // `crmprof@PATH`: the defaults, run by the build at PATH.
+    let (crmprof, config) = match config.split_once('@') {
+        Some(("crmprof", other)) => (Path::new(other), "crmprof"),
+        _ => (crmprof, config),
+    };
     let mut cmd = Command::new(crmprof);
     match config {
         "floor" => {
