@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use agent_ebpf::{SchedStats, ThreadState, hist, maps, offcpu, syscall_class};
+use agent_ebpf::{OnCpu, SchedStats, ThreadState, hist, maps, offcpu, syscall_class};
 use aya::{
     Ebpf,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
@@ -147,19 +147,39 @@ pub fn open_intervals(
 
 /// Tells the kernel a new window starts at `start` (monotonic ns): intervals ending later count
 /// only from there. Each CPU holds the bytes and waits of its last peer until it meets another
-/// (`OnCpu`), and adds them to `PEER_STATS` at its first context switch after this; the agent
-/// then runs once on every CPU it may, so the figures up to `start` are there to read when
-/// this returns.
+/// (`OnCpu`) and adds them to `PEER_STATS` at its first context switch after this, so the agent
+/// then runs once on every CPU that holds some (none, on an idle host: an idle CPU has added
+/// them), and the figures up to `start` are there to read when this returns.
 pub fn start_window(probes: &mut Probes, start: u64) -> Result<(), ProbeError> {
     super::set_scalar(probes.ebpf_mut(), maps::WINDOW, start)?;
-    switch_on_every_cpu();
+    switch_on(&cpus_holding_peer_figures(probes));
     Ok(())
 }
 
-/// Moves this thread onto every CPU it may run on, one after another, and back: a context
-/// switch on each. CPUs it may not use (a cpuset) add their pending figures when they next go
-/// idle or switch to another peer instead.
-fn switch_on_every_cpu() {
+/// The CPUs whose `ON_CPU` holds per-peer figures not yet in `PEER_STATS`; all of them when
+/// that cannot be read.
+fn cpus_holding_peer_figures(probes: &Probes) -> Vec<usize> {
+    let values = map_ref::<PerCpuArray<&MapData, OnCpu>>(probes.ebpf(), maps::ON_CPU)
+        .ok()
+        .and_then(|m| m.get(&0, 0).ok());
+    match values {
+        Some(values) => values
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.pending_tx != 0 || c.pending_rx != 0 || c.pending_wait_ns != 0)
+            .map(|(cpu, _)| cpu)
+            .collect(),
+        None => (0..libc::CPU_SETSIZE as usize).collect(),
+    }
+}
+
+/// Moves this thread onto each of `cpus` it may run on, one after another, and back: a
+/// context switch on each. CPUs it may not use (a cpuset) add their figures when they next go
+/// idle or meet another peer instead.
+fn switch_on(cpus: &[usize]) {
+    if cpus.is_empty() {
+        return;
+    }
     // SAFETY: `cpu_set_t` is plain data; the calls read and set this thread's own affinity.
     unsafe {
         let mut allowed: libc::cpu_set_t = std::mem::zeroed();
@@ -170,21 +190,28 @@ fn switch_on_every_cpu() {
         let Ok(here) = usize::try_from(libc::sched_getcpu()) else {
             return;
         };
+        let may = |cpu: usize| cpu < libc::CPU_SETSIZE as usize && libc::CPU_ISSET(cpu, &allowed);
+        let only = |cpu: usize| {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, size, &raw const set) == 0
+        };
         let mut moved = false;
-        let others = (0..libc::CPU_SETSIZE as usize).filter(|&cpu| cpu != here);
-        for cpu in others.chain([here]) {
-            if !libc::CPU_ISSET(cpu, &allowed) || (cpu == here && !moved) {
-                continue;
+        for &cpu in cpus.iter().filter(|&&cpu| cpu != here && may(cpu)) {
+            moved |= only(cpu);
+        }
+        if cpus.contains(&here) {
+            if moved {
+                // Back: the switch there adds this CPU's figures.
+                only(here);
+            } else {
+                // A short sleep switches away from this thread here.
+                std::thread::sleep(std::time::Duration::from_micros(1));
             }
-            let mut only: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut only);
-            moved |= libc::sched_setaffinity(0, size, &raw const only) == 0;
         }
-        if !moved {
-            // One CPU: a short sleep switches away from this thread there.
-            std::thread::sleep(std::time::Duration::from_micros(1));
+        if moved {
+            libc::sched_setaffinity(0, size, &raw const allowed);
         }
-        libc::sched_setaffinity(0, size, &raw const allowed);
     }
 }
 
