@@ -83,9 +83,20 @@ impl Scratch {
         Self::in_dir(&std::env::temp_dir().to_string_lossy(), tag)
     }
 
-    /// A scratch directory under `parent`.
+    /// A scratch directory under `parent`. Those a killed run left (its pid gone; `Drop` never
+    /// ran) are removed first: the verdict suite's hold hundreds of MiB.
     pub fn in_dir(parent: &str, tag: &str) -> Self {
-        let dir = Path::new(parent).join(format!("crmprof-test-{tag}-{}", std::process::id()));
+        let prefix = format!("crmprof-test-{tag}-");
+        for entry in std::fs::read_dir(parent).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix(&prefix)
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = Path::new(parent).join(format!("{prefix}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("creating a scratch directory");
         Self(dir)

@@ -174,8 +174,8 @@ fn cpus_holding_peer_figures(probes: &Probes) -> Vec<usize> {
 }
 
 /// Moves this thread onto each of `cpus` it may run on, one after another, and back: a
-/// context switch on each. CPUs it may not use (a cpuset) add their figures when they next go
-/// idle or meet another peer instead.
+/// context switch on each. CPUs it may not use (a cpuset) add their figures at their own next
+/// switch instead, in time for the next window's reading.
 fn switch_on(cpus: &[usize]) {
     if cpus.is_empty() {
         return;
