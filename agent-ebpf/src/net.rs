@@ -382,7 +382,8 @@ fn flush_pending_wait(c: *mut OnCpu) {
 
 /// Adds everything this CPU holds pending to `PEER_STATS`: from `sched_switch`, when the CPU
 /// goes idle or the agent started a window since the last time (`window`), so that the agent,
-/// which runs on every CPU after it starts one, reads the figures up to its start.
+/// which runs on every CPU still holding figures after it starts one, reads the figures up to
+/// its start.
 #[inline(always)]
 pub fn flush_pending(c: *mut OnCpu, idle: bool, window: u64) {
     // SAFETY: this CPU's ON_CPU element.

@@ -496,7 +496,7 @@ fn a_receive_duty_cycle_scales_received_bytes_and_counts_every_send() {
             "source tx_bytes {tx}, expected {expected}"
         );
         // Per peer, the bytes each CPU holds for its last peer reach the window they were
-        // sent in (the agent switches on every CPU as a window starts).
+        // sent in (as a window starts, the agent switches on every CPU still holding some).
         let peer_tx: u64 = svc(doc, &source_name)["network"]["peers"]
             .as_array()
             .expect("peers")
