@@ -471,7 +471,16 @@ pub struct Offsets {
     /// `orig_ax` the syscall's number.
     pub regs_ax: u32,
     pub regs_orig_ax: u32,
-    pub _pad: u32,
+    /// `task_struct.sched_info` fields (`CONFIG_SCHED_INFO`): the task's total time waiting on
+    /// run queues so far, and when it last joined one (0 while running or blocked), in its run
+    /// queue's clock.
+    pub task_run_delay: u32,
+    pub task_last_queued: u32,
+    /// `task_struct.se.cfs_rq`, `cfs_rq.rq` and `rq.clock`: the clock `last_queued` is in, read
+    /// through the task's run queue.
+    pub task_cfs_rq: u32,
+    pub cfs_rq_rq: u32,
+    pub rq_clock: u32,
 }
 
 /// What kind of wait a syscall is, for the off-CPU reason (see [`OffCpuReason`]).
@@ -535,6 +544,10 @@ pub struct ThreadState {
     /// 1 when the thread's last socket operation was a send (it may be awaiting a response).
     pub last_sent: u32,
     pub _pad: u32,
+    /// The task's `sched_info.run_delay` when it last blocked: at its switch-in, the growth
+    /// since is the time it waited on run queues it left (a migration) before the one it runs
+    /// from.
+    pub run_delay: u64,
 }
 
 /// Per service, cumulative.

@@ -330,6 +330,13 @@ fn try_switch<const TYPED: bool>(args: &SwitchArgs) -> Result<(), ()> {
     };
     crate::net::flush_pending(c, next_tid == 0, window_start());
     let next_service = restore_call(c, next_tid, next_tgid, next as u64);
+    if state & TASK_DEAD != 0 && service == u32::from(NO_SERVICE) && tid != 0 {
+        // A thread's final switch after its process left its service: its leader exited
+        // first, and a switch of this thread after its own exit tracepoint (which forgot it)
+        // tracked it again. Forgotten with the thread, not left with an interval that never
+        // closes. (One hash delete per exiting thread of the host.)
+        forget_thread(tid);
+    }
     if service == u32::from(NO_SERVICE) && next_service == NO_SERVICE {
         // Neither side is selected: the common case on a busy host, and no clock read.
         return Ok(());
@@ -337,12 +344,12 @@ fn try_switch<const TYPED: bool>(args: &SwitchArgs) -> Result<(), ()> {
     let now = now_ns();
     if service != u32::from(NO_SERVICE) && tid != 0 {
         let preempt = args.preempt & 0xff != 0;
-        switch_out::<TYPED>(tid, service, peer, preempt, state, call, now);
+        switch_out::<TYPED>(prev, tid, service, peer, preempt, state, call, now);
     }
     if next_service != NO_SERVICE
         && let Some(t) = THREADS.get_ptr_mut(next_tid)
     {
-        switch_in(t, now);
+        switch_in::<TYPED>(t, next, now);
     }
     Ok(())
 }
@@ -454,8 +461,10 @@ fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32, task: u64) -> u16 {
     service
 }
 
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn switch_out<const TYPED: bool>(
+    task: *const u8,
     tid: u32,
     service: u32,
     peer: Option<(PeerKey, u32)>,
@@ -500,16 +509,30 @@ fn switch_out<const TYPED: bool>(
             (*s).voluntary_switches += 1;
             (*t).offcpu_since = now;
             (*t).reason = reason::<TYPED>(call, state, t);
+            (*t).run_delay = run_delay::<TYPED>(task);
         }
     }
 }
 
+/// `task`: the incoming thread's `task_struct`, BTF-typed when `TYPED`.
 #[inline(always)]
-fn switch_in(t: *mut ThreadState, now: u64) {
-    // A wakeup we did not see (before attach, or from a path without sched_wakeup) still ends
-    // the off-CPU interval here.
-    end_offcpu(t, now);
+fn switch_in<const TYPED: bool>(t: *mut ThreadState, task: *const u8, now: u64) {
     // SAFETY: `t` points at a live THREADS value.
+    let (offcpu_since, runnable_since) = unsafe { ((*t).offcpu_since, (*t).runnable_since) };
+    // Woken from a block: the kernel's own figures say how long it has waited on the run
+    // queue, so when it was woken (where it has them, sched_wakeup is not attached).
+    if offcpu_since != 0
+        && runnable_since == 0
+        && let Some(waited) = queued_since_wakeup::<TYPED>(t, task)
+    {
+        let woken = now - waited.min(now.saturating_sub(offcpu_since));
+        end_offcpu(t, woken);
+        // SAFETY: as above.
+        unsafe { (*t).runnable_since = woken };
+    }
+    // A wakeup not seen either way still ends the off-CPU interval here.
+    end_offcpu(t, now);
+    // SAFETY: as above.
     let (service, runnable_since) = unsafe { ((*t).service, (*t).runnable_since) };
     if runnable_since != 0
         && let Some(s) = stats_of(service)
@@ -529,6 +552,70 @@ fn switch_in(t: *mut ThreadState, now: u64) {
         (*t).runnable_since = 0;
         (*t).oncpu_since = now;
     }
+}
+
+/// The task's `sched_info.run_delay` (0 where the kernel has none).
+#[inline(always)]
+fn run_delay<const TYPED: bool>(task: *const u8) -> u64 {
+    let o = offsets();
+    if o.task_run_delay == u32::MAX {
+        return 0;
+    }
+    if TYPED {
+        // SAFETY: a BTF-typed `task_struct`; `run_delay` is an `unsigned long long` member.
+        unsafe { load::<u64>(task, o.task_run_delay) }
+    } else {
+        read_field::<u64>(task, o.task_run_delay).unwrap_or(0)
+    }
+}
+
+/// How long a thread being switched in has been runnable since it was woken, from its
+/// `sched_info`: the kernel adds each finished wait on a run queue to `run_delay` (a queued
+/// task that migrates finishes one) and stamps `last_queued` when the task joins one, in that
+/// run queue's clock — read here through the task's own run queue (`se.cfs_rq->rq`), which
+/// `__schedule` has just updated. None where the kernel lacks the fields: then `sched_wakeup`
+/// marks the wakeup.
+#[inline(always)]
+fn queued_since_wakeup<const TYPED: bool>(t: *const ThreadState, task: *const u8) -> Option<u64> {
+    let o = offsets();
+    if o.task_last_queued == u32::MAX
+        || o.task_run_delay == u32::MAX
+        || o.task_cfs_rq == u32::MAX
+        || o.cfs_rq_rq == u32::MAX
+        || o.rq_clock == u32::MAX
+    {
+        return None;
+    }
+    let (run_delay, last_queued, clock) = if TYPED {
+        // SAFETY: `task` is a BTF-typed `task_struct`; `se.cfs_rq` and `cfs_rq.rq` are
+        // pointer members (the verifier types what they load), the rest `u64`s. A load through
+        // a null pointer faults and reads zero.
+        unsafe {
+            let cfs_rq = load::<*const u8>(task, o.task_cfs_rq);
+            let rq = load::<*const u8>(cfs_rq, o.cfs_rq_rq);
+            (
+                load::<u64>(task, o.task_run_delay),
+                load::<u64>(task, o.task_last_queued),
+                load::<u64>(rq, o.rq_clock),
+            )
+        }
+    } else {
+        let cfs_rq = read_field::<u64>(task, o.task_cfs_rq).ok()? as *const u8;
+        let rq = read_field::<u64>(cfs_rq, o.cfs_rq_rq).ok()? as *const u8;
+        (
+            read_field::<u64>(task, o.task_run_delay).ok()?,
+            read_field::<u64>(task, o.task_last_queued).ok()?,
+            read_field::<u64>(rq, o.rq_clock).ok()?,
+        )
+    };
+    // SAFETY: `t` points at this thread's live THREADS value.
+    let before = unsafe { (*t).run_delay };
+    let this_queue = if last_queued != 0 {
+        clock.saturating_sub(last_queued)
+    } else {
+        0
+    };
+    Some(run_delay.saturating_sub(before) + this_queue)
 }
 
 // sched:sched_wakeup and sched:sched_wakeup_new — TP_PROTO(struct task_struct *p)

@@ -76,7 +76,11 @@ static OFFSETS: Offsets = Offsets {
     bdev_dev: 0,
     regs_ax: 0,
     regs_orig_ax: 0,
-    _pad: 0,
+    task_run_delay: 0,
+    task_last_queued: 0,
+    task_cfs_rq: 0,
+    cfs_rq_rq: 0,
+    rq_clock: 0,
 };
 
 #[inline(always)]

@@ -113,7 +113,7 @@ impl Collector {
         let end_mono = monotonic_now_ns();
         sched::start_window(&mut self.probes, end_mono)?;
         let now = Reading::take(&self.probes)?;
-        let open = sched::open_intervals(&self.probes, self.window_start_mono, end_mono)?;
+        let open = sched::open_intervals(&mut self.probes, self.window_start_mono, end_mono)?;
         let listeners = net::listeners(&self.probes).unwrap_or_default();
         let end_ns = unix_now_ns();
         let duration_ns = end_ns.saturating_sub(self.window_start_ns);

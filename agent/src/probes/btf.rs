@@ -26,6 +26,14 @@ pub fn offsets(path: &Path) -> Result<Offsets, ProbeError> {
         field_offset(&btf, ty, field).ok_or_else(|| unreadable(format!("{ty}.{field} not found")))
     };
     let optional = |ty: &str, field: &str| field_offset(&btf, ty, field).unwrap_or(MISSING);
+    // A member of an embedded struct: `outer.member` (of type `struct inner`), then `field`.
+    let nested = |outer: &str, member: &str, inner: &str, field: &str| match (
+        field_offset(&btf, outer, member),
+        field_offset(&btf, inner, field),
+    ) {
+        (Some(a), Some(b)) => a + b,
+        _ => MISSING,
+    };
     Ok(Offsets {
         task_pid: required("task_struct", "pid")?,
         task_tgid: required("task_struct", "tgid")?,
@@ -40,8 +48,27 @@ pub fn offsets(path: &Path) -> Result<Offsets, ProbeError> {
         bdev_dev: optional("block_device", "bd_dev"),
         regs_ax: optional("pt_regs", "ax"),
         regs_orig_ax: optional("pt_regs", "orig_ax"),
-        _pad: 0,
+        task_run_delay: nested("task_struct", "sched_info", "sched_info", "run_delay"),
+        task_last_queued: nested("task_struct", "sched_info", "sched_info", "last_queued"),
+        task_cfs_rq: nested("task_struct", "se", "sched_entity", "cfs_rq"),
+        cfs_rq_rq: optional("cfs_rq", "rq"),
+        rq_clock: optional("rq", "clock"),
     })
+}
+
+/// Whether `sched_switch` can tell, from the incoming task itself, how long it waited on the run
+/// queue since it was woken (the kernel's `sched_info`, `CONFIG_SCHED_INFO`): then no
+/// `sched_wakeup` program is needed to mark the wakeup.
+pub fn run_queue_wait_in_task(o: &Offsets) -> bool {
+    [
+        o.task_run_delay,
+        o.task_last_queued,
+        o.task_cfs_rq,
+        o.cfs_rq_rq,
+        o.rq_clock,
+    ]
+    .iter()
+    .all(|&off| off != MISSING)
 }
 
 /// Fields a probe group needs, by name, for reporting what is missing.
@@ -139,6 +166,12 @@ mod tests {
         );
         assert!(o.skc_daddr != MISSING && o.skc_family != MISSING, "{o:?}");
         assert!(missing_fields(&o, "net").is_empty());
+        // Fields of embedded structs: task_struct.sched_info.*, task_struct.se.cfs_rq.
+        assert!(run_queue_wait_in_task(&o), "{o:?}");
+        assert!(
+            o.task_last_queued > o.task_run_delay && o.task_last_queued - o.task_run_delay < 64,
+            "both in task_struct.sched_info: {o:?}"
+        );
         // A kernel whose ports are not where the fingerprint expects them runs no socket
         // programs, and says why.
         let moved = Offsets {

@@ -238,8 +238,16 @@ impl Probes {
                 }
                 _ => (group.programs, None),
             };
+            // sched_switch reads when a woken thread joined the run queue from the thread
+            // itself where the kernel keeps it: no program on every wakeup of the host.
+            let wakeup_in_task = btf::run_queue_wait_in_task(&offsets);
+            let wanted: Vec<(&'static str, &'static str)> = programs
+                .iter()
+                .copied()
+                .filter(|&(p, _)| !(p == programs::SCHED_WAKEUP && wakeup_in_task))
+                .collect();
             let (result, links) = if missing.is_empty() {
-                let (mut s, links) = attach_group(&mut ebpf, programs);
+                let (mut s, links) = attach_group(&mut ebpf, &wanted);
                 if s.status == "attached" && note.is_some() {
                     s.note = note;
                 }

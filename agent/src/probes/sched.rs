@@ -117,16 +117,27 @@ pub struct Open {
     pub offcpu_ns: [u64; offcpu::COUNT],
 }
 
+///
+/// A thread that no longer exists holds no open interval: its entry is removed (the kernel
+/// forgets exiting threads, but one that a switch after its exit tracked again, as its process
+/// left its service, could otherwise count a whole window every window).
 pub fn open_intervals(
-    probes: &Probes,
+    probes: &mut Probes,
     window_start: u64,
     now: u64,
 ) -> Result<HashMap<u32, Open>, ProbeError> {
-    let map: BpfHashMap<&MapData, u32, ThreadState> = map_ref(probes.ebpf(), maps::THREADS)?;
+    let mut map: BpfHashMap<&mut MapData, u32, ThreadState> =
+        map_mut(probes.ebpf_mut(), maps::THREADS)?;
     let since = |t: u64| now.saturating_sub(t.max(window_start));
     let mut out: HashMap<u32, Open> = HashMap::new();
     // Entries vanish while we iterate (threads exit); a failed read of one is skipped.
-    for (_, t) in map.iter().filter_map(Result::ok) {
+    let entries: Vec<(u32, ThreadState)> = map.iter().filter_map(Result::ok).collect();
+    for (tid, t) in entries {
+        if !thread_exists(tid) {
+            // Gone already, or a moment ago: either way nothing of it is open.
+            let _ = map.remove(&tid);
+            continue;
+        }
         let open = out.entry(t.service).or_default();
         if t.oncpu_since != 0 {
             open.on_cpu_ns += since(t.oncpu_since);
@@ -143,6 +154,11 @@ pub fn open_intervals(
         }
     }
     Ok(out)
+}
+
+/// Whether thread `tid` (host pid namespace, as the kernel programs see it) still exists.
+fn thread_exists(tid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{tid}")).exists()
 }
 
 /// Tells the kernel a new window starts at `start` (monotonic ns): intervals ending later count

@@ -8,6 +8,10 @@
 //!   fail-open N               N openat calls failing with ENOENT
 //!   spin CPU_MILLIS THREADS   each thread burns CPU_MILLIS of its own CPU time
 //!   spin-wall MILLIS THREADS  each thread spins for MILLIS of wall time
+//!   wake-busy MILLIS THREADS SLEEP_MICROS  for MILLIS, each thread spins ~200 µs of CPU and
+//!                             sleeps SLEEP_MICROS, over and over; prints the time its threads
+//!                             waited on run queues meanwhile, in ns, as the kernel counted it
+//!                             (the sum of their `run_delay` growth in /proc/thread-self/schedstat)
 //!   mutex MILLIS THREADS      threads contend on one mutex, each holding it ~1 ms at a time
 //!   tcp-sink ADDR             listen on ADDR (port 0: any), print the port, read one
 //!                             connection to EOF, print the byte count
@@ -110,6 +114,22 @@ fn run(args: &[String]) -> Result<(), String> {
                     std::hint::spin_loop();
                 }
             });
+        }
+        "wake-busy" => {
+            let (millis, threads, micros) = (num(args, 1)?, num(args, 2)?, num(args, 3)?);
+            let waited = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let total = Arc::clone(&waited);
+            let end = Instant::now() + Duration::from_millis(millis);
+            in_threads(threads, move || {
+                let before = run_delay_ns();
+                while Instant::now() < end {
+                    spin_cpu(Duration::from_micros(200));
+                    std::thread::sleep(Duration::from_micros(micros));
+                }
+                let after = run_delay_ns();
+                total.fetch_add(after - before, std::sync::atomic::Ordering::Relaxed);
+            });
+            println!("{}", waited.load(std::sync::atomic::Ordering::Relaxed));
         }
         "mutex" => {
             let (millis, threads) = (num(args, 1)?, num(args, 2)?);
@@ -290,6 +310,14 @@ fn switches() -> (i64, i64) {
     // SAFETY: as above.
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
     (usage.ru_nvcsw, usage.ru_nivcsw)
+}
+
+/// This thread's time waiting on run queues so far: the second field of its schedstat.
+fn run_delay_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn in_threads(n: u64, work: impl Fn() + Send + Sync + 'static) {
