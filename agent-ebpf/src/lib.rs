@@ -42,7 +42,11 @@ pub mod maps {
     pub const ZERO_STATS: &str = "ZERO_STATS";
     /// `Array<u32>`: syscall number → [`crate::SyscallClass`], filled by the agent at load.
     pub const SYSCALL_CLASS: &str = "SYSCALL_CLASS";
-    /// `HashMap<u32, ThreadState>`: per selected thread (by tid), its scheduler state.
+    /// `Array<ThreadState>` (mmapable): per selected thread, its scheduler state, in the slot
+    /// its tid selects ([`thread_slot`]), held by the first tracked thread to need it.
+    pub const THREAD_SLOTS: &str = "THREAD_SLOTS";
+    /// `HashMap<u32, ThreadState>`: the scheduler state of selected threads whose slot in
+    /// `THREAD_SLOTS` another thread holds (by tid).
     pub const THREADS: &str = "THREADS";
     /// `PerCpuArray<SchedStats>`: per service id (sized max_services + 1 at load).
     pub const SCHED_STATS: &str = "SCHED_STATS";
@@ -120,6 +124,18 @@ pub mod globals {
     pub const SYSCALL_SAMPLE_MASK: &str = "SYSCALL_SAMPLE_MASK";
     /// `u32`: service rows per CPU in `SYSCALL_CALLS` (max_services + 1).
     pub const SYSCALL_ROWS: &str = "SYSCALL_ROWS";
+    /// `u32`: the number of `THREAD_SLOTS` (a power of two) minus one.
+    pub const THREAD_SLOT_MASK: &str = "THREAD_SLOT_MASK";
+}
+
+/// Most slots in `THREAD_SLOTS`: every tid has a slot of its own where `kernel.pid_max` is at
+/// most this (4.5 MiB of kernel memory at most); above it, tids this far apart share one.
+pub const MAX_THREAD_SLOTS: u32 = 1 << 16;
+
+/// The `THREAD_SLOTS` element of thread `tid`.
+#[inline(always)]
+pub const fn thread_slot(tid: u32, mask: u32) -> u32 {
+    tid & mask
 }
 
 /// Syscall numbers counted per service: x86_64's table ends below 512.
@@ -543,7 +559,9 @@ pub struct ThreadState {
     pub peer: PeerKey,
     /// 1 when the thread's last socket operation was a send (it may be awaiting a response).
     pub last_sent: u32,
-    pub _pad: u32,
+    /// The thread (tid) whose state this is: a `THREAD_SLOTS` slot is shared by every tid that
+    /// selects it, and held by one at a time.
+    pub tid: u32,
     /// The task's `sched_info.run_delay` when it last blocked: at its switch-in, the growth
     /// since is the time it waited on run queues it left (a migration) before the one it runs
     /// from.

@@ -9,7 +9,7 @@
 
 use agent_ebpf::{
     Counter, NO_SERVICE, OnCpu, PeerKey, SchedStats, ThreadState, hist, offcpu, start,
-    syscall_class,
+    syscall_class, thread_slot,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs},
@@ -20,8 +20,8 @@ use aya_ebpf::{
 
 use crate::{
     selection::{
-        ON_CPU, count, load, offsets, on_cpu, on_cpu_kept, read_field, selection_generation,
-        service_of, syscall_phase,
+        MMAPABLE, ON_CPU, count, load, offsets, on_cpu, on_cpu_kept, read_field,
+        selection_generation, service_of, syscall_phase,
     },
     syscalls::SYSCALL_START,
 };
@@ -31,9 +31,39 @@ const TASK_UNINTERRUPTIBLE: u64 = 0x2;
 /// `TASK_DEAD`: the task's final switch-out.
 const TASK_DEAD: u64 = 0x80;
 
-/// 16384 selected threads; resizable at load. A full map is counted, never silent.
+/// Per selected thread, its state, in the slot its tid selects: no hash, no lock — a thread's
+/// events find it with an index. Sized at load (`agent_ebpf::MAX_THREAD_SLOTS` at most).
+#[map(name = "THREAD_SLOTS")]
+pub static THREAD_SLOTS: Array<ThreadState> = Array::with_max_entries(1, MMAPABLE);
+
+/// The slots' count minus one, set by the loader.
+#[unsafe(no_mangle)]
+static THREAD_SLOT_MASK: u32 = 0;
+
+/// Threads whose slot another thread holds (only where `kernel.pid_max` exceeds the slots):
+/// 16384, resizable at load (`max_threads`). A full map is counted, never silent.
 #[map(name = "THREADS")]
 pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn slot_of(tid: u32) -> Option<*mut ThreadState> {
+    // SAFETY: a read of a loader-filled global.
+    let mask = unsafe { core::ptr::read_volatile(&THREAD_SLOT_MASK) };
+    THREAD_SLOTS.get_ptr_mut(thread_slot(tid, mask))
+}
+
+/// The state of a tracked thread: in its slot, or else in `THREADS`.
+#[inline(always)]
+pub fn thread(tid: u32) -> Option<*mut ThreadState> {
+    if let Some(t) = slot_of(tid) {
+        // SAFETY: a live THREAD_SLOTS element.
+        let (owner, service) = unsafe { ((*t).tid, (*t).service) };
+        if owner == tid && service != 0 {
+            return Some(t);
+        }
+    }
+    THREADS.get_ptr_mut(tid)
+}
 
 /// Per service id, sized max_services + 1 at load: an inlined lookup on every switch.
 #[map(name = "SCHED_STATS")]
@@ -99,13 +129,25 @@ fn stats_of(service: u32) -> Option<*mut SchedStats> {
 /// The state of a selected thread, created on first sight.
 #[inline(always)]
 pub fn thread_of(tid: u32, service: u32) -> Option<*mut ThreadState> {
-    if let Some(t) = THREADS.get_ptr_mut(tid) {
+    if let Some(t) = thread(tid) {
         return Some(t);
     }
     let fresh = ThreadState {
         service,
+        tid,
         ..ThreadState::default()
     };
+    // Its slot, if free. (Two threads sharing a slot, first seen at the same instant on two
+    // CPUs, could both take it; the one that lost would start afresh in THREADS at its next
+    // switch. Only where pid_max exceeds the slots, and tids that far apart.)
+    if let Some(t) = slot_of(tid)
+        // SAFETY: a live THREAD_SLOTS element.
+        && unsafe { (*t).service } == 0
+    {
+        // SAFETY: as above; a free slot is no thread's.
+        unsafe { *t = fresh };
+        return Some(t);
+    }
     if THREADS.insert(tid, fresh, 1).is_err() && THREADS.get_ptr_mut(tid).is_none() {
         count(Counter::DropThreadsFull);
         return None;
@@ -347,7 +389,7 @@ fn try_switch<const TYPED: bool>(args: &SwitchArgs) -> Result<(), ()> {
         switch_out::<TYPED>(prev, tid, service, peer, preempt, state, call, now);
     }
     if next_service != NO_SERVICE
-        && let Some(t) = THREADS.get_ptr_mut(next_tid)
+        && let Some(t) = thread(next_tid)
     {
         switch_in::<TYPED>(t, next, now);
     }
@@ -383,7 +425,7 @@ pub fn adopt(c: *mut OnCpu, tid: u32, tgid: u32) {
     let service = restore_call(c, tid, tgid, 0);
     if service != NO_SERVICE
         && tid != 0
-        && let Some(t) = THREADS.get_ptr_mut(tid)
+        && let Some(t) = thread(tid)
     {
         unseen_switch_in(t, now_ns());
     }
@@ -678,7 +720,7 @@ fn try_wakeup<const TYPED: bool>(task: *const u8) -> Result<(), ()> {
     if service_of(tgid) == NO_SERVICE {
         return Ok(());
     }
-    let t = THREADS.get_ptr_mut(tid).ok_or(())?;
+    let t = thread(tid).ok_or(())?;
     let now = now_ns();
     end_offcpu(t, now);
     // SAFETY: `t` points at a live THREADS value.
@@ -695,7 +737,7 @@ fn try_wakeup<const TYPED: bool>(task: *const u8) -> Result<(), ()> {
 /// and stop tracking it.
 #[inline(always)]
 pub fn thread_exiting(tid: u32) {
-    if let Some(t) = THREADS.get_ptr_mut(tid) {
+    if let Some(t) = thread(tid) {
         // SAFETY: this thread's THREADS value.
         let (service, since) = unsafe { ((*t).service, (*t).oncpu_since) };
         if since != 0
@@ -710,5 +752,13 @@ pub fn thread_exiting(tid: u32) {
 
 #[inline(always)]
 pub fn forget_thread(tid: u32) {
-    let _ = THREADS.remove(tid);
+    if let Some(t) = slot_of(tid)
+        // SAFETY: a live THREAD_SLOTS element.
+        && unsafe { (*t).tid } == tid
+    {
+        // SAFETY: as above: the slot is this thread's, and free from now on.
+        unsafe { *t = ThreadState::default() };
+    } else {
+        let _ = THREADS.remove(tid);
+    }
 }

@@ -25,8 +25,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Most services tracked at once; more are counted in `dropped.services_over_limit`.
     pub max_services: usize,
-    /// Most threads of selected services tracked by the scheduler probes at once; more are
-    /// counted in `dropped.threads_map_full`.
+    /// Most threads of selected services the scheduler probes track in their hash map: those
+    /// whose tid's slot another thread holds (only where `kernel.pid_max` exceeds 65536; every
+    /// tid has a slot of its own below that). More are counted in `dropped.threads_map_full`.
     pub max_threads: u32,
     /// Time one syscall in this many for the latency histograms (a power of two; 1 times every
     /// call). Counts and errors are exact either way. Default 8: a clock read costs about a

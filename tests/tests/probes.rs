@@ -303,6 +303,16 @@ fn raw_sched_switch_counts_the_same_run_queue_waits() {
     run_queue_waits_match(&[RAW_TWINS]);
 }
 
+/// The same with two thread slots for four threads: those whose slot another holds are kept
+/// in the kernel's hash map instead (as on a host whose pid_max exceeds the slots).
+#[test]
+fn threads_sharing_a_slot_count_the_same_run_queue_waits() {
+    if !privileged("threads_sharing_a_slot_count_the_same_run_queue_waits") {
+        return;
+    }
+    run_queue_waits_match(&[("CRMPROF_THREAD_SLOTS", "2")]);
+}
+
 fn run_queue_waits_match(env: &[(&str, &str)]) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
     const WALL_MS: u64 = 3000;

@@ -126,7 +126,7 @@ pub struct LoadOptions<'a> {
     pub report_all_execs: bool,
     /// Report every TCP listen on the host (for `port` rules).
     pub report_listens: bool,
-    /// Size of the THREADS map: selected threads tracked by the scheduler probes.
+    /// Size of the THREADS map: selected threads whose slot in THREAD_SLOTS another holds.
     pub max_threads: u32,
     /// Service ids the syscall counts have room for (ids are 1..=max_services).
     pub max_services: u32,
@@ -156,6 +156,9 @@ pub struct Probes {
     /// `PID_SERVICE`, mapped into the agent: a process's service is written as the two bytes
     /// it is, never as the whole element it shares with three neighbouring pids.
     pids: mapping::Mapping,
+    /// `THREAD_SLOTS`, mapped into the agent, and its number of slots: the open intervals are
+    /// read from it at every window's end without a syscall per thread.
+    threads: (mapping::Mapping, u32),
     /// The highest service id the agent handed to the kernel (rules and selections).
     max_service: u16,
 }
@@ -173,6 +176,8 @@ impl Probes {
         let ephemeral_min = read_ephemeral_port_min();
         let sample_mask = opts.syscall_sample.max(1).next_power_of_two() - 1;
         let rows = opts.max_services + 1;
+        let thread_slots = thread_slots(pid_max)?;
+        let thread_slot_mask = thread_slots - 1;
         let cpus = aya::util::nr_cpus().map_err(|(path, e)| {
             ProbeError::Load(format!("reading the possible CPUs from {path}: {e}"))
         })? as u32;
@@ -185,12 +190,14 @@ impl Probes {
             .override_global(globals::REPORT_LISTENS, &report_listens, true)
             .override_global(globals::SYSCALL_SAMPLE_MASK, &sample_mask, true)
             .override_global(globals::SYSCALL_ROWS, &rows, true)
+            .override_global(globals::THREAD_SLOT_MASK, &thread_slot_mask, true)
             .map_max_entries(maps::NET_STATS, rows)
             .map_max_entries(maps::SCHED_STATS, rows)
             .map_max_entries(
                 maps::SYSCALL_CALLS,
                 cpus * rows * agent_ebpf::SYSCALL_NR_SLOTS,
             )
+            .map_max_entries(maps::THREAD_SLOTS, thread_slots)
             .map_max_entries(maps::THREADS, opts.max_threads)
             // One element per four tgids, one start slot per tid: see the map comments.
             .map_max_entries(maps::PID_SERVICE, pid_max.div_ceil(4))
@@ -205,6 +212,12 @@ impl Probes {
             &ebpf,
             maps::PID_SERVICE,
             pid_max.div_ceil(4) as usize * size_of::<[u16; 4]>(),
+            true,
+        )?;
+        let threads = mapping::Mapping::array(
+            &ebpf,
+            maps::THREAD_SLOTS,
+            thread_slots as usize * size_of::<agent_ebpf::ThreadState>(),
             true,
         )?;
         let calls = syscalls::CallCounts::map(&ebpf, cpus, rows);
@@ -311,6 +324,7 @@ impl Probes {
             receive_cycle,
             plain_switch,
             pids,
+            threads: (threads, thread_slots),
             max_service: 0,
         })
     }
@@ -491,13 +505,36 @@ impl Probes {
         Ok(self.selected_by_agent + n(Counter::ProcessesSelected) - n(Counter::ProcessesReleased))
     }
 
-    /// Threads in the scheduler probes' THREADS map now.
+    /// Threads the scheduler probes track now (in their slots and in THREADS).
     pub fn tracked_threads(&self) -> usize {
-        map_ref::<aya::maps::HashMap<&MapData, u32, agent_ebpf::ThreadState>>(
+        let in_slots = self.thread_slots().filter(|(_, t)| t.service != 0).count();
+        let spilled = map_ref::<aya::maps::HashMap<&MapData, u32, agent_ebpf::ThreadState>>(
             &self.ebpf,
             maps::THREADS,
         )
-        .map_or(0, |m| m.keys().count())
+        .map_or(0, |m| m.keys().count());
+        in_slots + spilled
+    }
+
+    /// Every `THREAD_SLOTS` slot, with a copy of its state (a slot no thread holds has service
+    /// 0). The kernel updates them meanwhile: a copy may be a moment old.
+    pub(crate) fn thread_slots(&self) -> impl Iterator<Item = (usize, agent_ebpf::ThreadState)> {
+        let (map, slots) = &self.threads;
+        (0..*slots as usize).filter_map(|i| {
+            let t = map.element::<agent_ebpf::ThreadState>(i)?;
+            // SAFETY: an aligned element inside the mapping; a volatile copy, as the kernel
+            // writes it concurrently.
+            Some((i, unsafe { std::ptr::read_volatile(t) }))
+        })
+    }
+
+    /// Frees slot `i` (of a thread that no longer exists).
+    pub(crate) fn free_thread_slot(&self, i: usize) {
+        if let Some(t) = self.threads.0.element::<agent_ebpf::ThreadState>(i) {
+            // SAFETY: as in `thread_slots`; the slot's thread is gone, so no program writes it
+            // (but a new thread taking the slot this instant would lose its first interval).
+            unsafe { std::ptr::write_volatile(t, agent_ebpf::ThreadState::default()) };
+        }
     }
 
     /// The ring buffer of process lifecycle events; taken once by the collector.
@@ -789,6 +826,29 @@ fn read_ephemeral_port_min() -> u32 {
 }
 
 /// `kernel.pid_max`, which bounds every pid and tid; the default when unreadable.
+/// Set to a power of two, the environment variable that sizes `THREAD_SLOTS` (fewer slots than
+/// tids puts the threads that share one in `THREADS`): for testing that path, and for hosts
+/// that want less kernel memory.
+pub const THREAD_SLOTS_ENV: &str = "CRMPROF_THREAD_SLOTS";
+
+/// `THREAD_SLOTS`' size: a slot per possible tid, up to `MAX_THREAD_SLOTS`.
+fn thread_slots(pid_max: u32) -> Result<u32, ProbeError> {
+    let max = agent_ebpf::MAX_THREAD_SLOTS;
+    match std::env::var(THREAD_SLOTS_ENV) {
+        Ok(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|n| n.is_power_of_two() && *n <= max)
+            .ok_or_else(|| {
+                ProbeError::Load(format!(
+                    "{THREAD_SLOTS_ENV}={v}: must be a power of two from 1 to {max}; unset it \
+                     for one slot per possible tid"
+                ))
+            }),
+        Err(_) => Ok(pid_max.next_power_of_two().min(max)),
+    }
+}
+
 fn read_pid_max() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()

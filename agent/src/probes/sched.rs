@@ -126,18 +126,32 @@ pub fn open_intervals(
     window_start: u64,
     now: u64,
 ) -> Result<HashMap<u32, Open>, ProbeError> {
+    let since = |t: u64| now.saturating_sub(t.max(window_start));
+    let mut threads: Vec<ThreadState> = Vec::new();
+    for (i, t) in probes.thread_slots() {
+        if t.service == 0 {
+            continue;
+        }
+        if thread_exists(t.tid) {
+            threads.push(t);
+        } else {
+            // Gone already, or a moment ago: either way nothing of it is open.
+            probes.free_thread_slot(i);
+        }
+    }
     let mut map: BpfHashMap<&mut MapData, u32, ThreadState> =
         map_mut(probes.ebpf_mut(), maps::THREADS)?;
-    let since = |t: u64| now.saturating_sub(t.max(window_start));
-    let mut out: HashMap<u32, Open> = HashMap::new();
     // Entries vanish while we iterate (threads exit); a failed read of one is skipped.
     let entries: Vec<(u32, ThreadState)> = map.iter().filter_map(Result::ok).collect();
     for (tid, t) in entries {
-        if !thread_exists(tid) {
-            // Gone already, or a moment ago: either way nothing of it is open.
+        if thread_exists(tid) {
+            threads.push(t);
+        } else {
             let _ = map.remove(&tid);
-            continue;
         }
+    }
+    let mut out: HashMap<u32, Open> = HashMap::new();
+    for t in threads {
         let open = out.entry(t.service).or_default();
         if t.oncpu_since != 0 {
             open.on_cpu_ns += since(t.oncpu_since);
