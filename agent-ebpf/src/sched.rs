@@ -549,6 +549,9 @@ fn switch_out<const TYPED: bool>(
             (*t).runnable_since = now;
         } else {
             (*s).voluntary_switches += 1;
+            // It ran, so it waits on no run queue: nothing left of a wait whose end no traced
+            // switch-in saw may outlive the block, where the next switch-in would count it.
+            (*t).runnable_since = 0;
             (*t).offcpu_since = now;
             (*t).reason = reason::<TYPED>(call, state, t);
             (*t).run_delay = run_delay::<TYPED>(task);
