@@ -113,7 +113,8 @@ impl Collector {
         let end_mono = monotonic_now_ns();
         sched::start_window(&mut self.probes, end_mono)?;
         let now = Reading::take(&self.probes)?;
-        let open = sched::open_intervals(&mut self.probes, self.window_start_mono, end_mono)?;
+        let (open, tracked_threads) =
+            sched::open_intervals(&mut self.probes, self.window_start_mono, end_mono)?;
         let listeners = net::listeners(&self.probes).unwrap_or_default();
         let end_ns = unix_now_ns();
         let duration_ns = end_ns.saturating_sub(self.window_start_ns);
@@ -146,10 +147,7 @@ impl Collector {
             "processes_tracked".to_owned(),
             self.probes.tracked_processes()?.max(0) as u64,
         );
-        tracking.insert(
-            "threads_tracked".to_owned(),
-            self.probes.tracked_threads() as u64,
-        );
+        tracking.insert("threads_tracked".to_owned(), tracked_threads as u64);
 
         let mut host = self.host.clone();
         host.usage = now.host.since(&self.previous.host, duration_ns);

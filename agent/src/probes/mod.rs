@@ -225,6 +225,9 @@ impl Probes {
         let mut syscall_cycle = None;
         let mut receive_cycle = None;
         let mut status: BTreeMap<&'static str, GroupStatus> = BTreeMap::new();
+        // sched_switch reads when a woken thread joined the run queue from the thread itself
+        // where the kernel keeps it: no program on every wakeup of the host.
+        let wakeup_in_task = btf::run_queue_wait_in_task(&offsets);
         for group in GROUPS {
             if opts.disabled.iter().any(|d| d == group.name) {
                 let mut s = failed("disabled by disable_groups in the configuration".into());
@@ -251,9 +254,6 @@ impl Probes {
                 }
                 _ => (group.programs, None),
             };
-            // sched_switch reads when a woken thread joined the run queue from the thread
-            // itself where the kernel keeps it: no program on every wakeup of the host.
-            let wakeup_in_task = btf::run_queue_wait_in_task(&offsets);
             let wanted: Vec<(&'static str, &'static str)> = programs
                 .iter()
                 .copied()
@@ -503,17 +503,6 @@ impl Probes {
         let c = self.counters()?;
         let n = |k: Counter| c.get(counter_name(k)).copied().unwrap_or(0) as i64;
         Ok(self.selected_by_agent + n(Counter::ProcessesSelected) - n(Counter::ProcessesReleased))
-    }
-
-    /// Threads the scheduler probes track now (in their slots and in THREADS).
-    pub fn tracked_threads(&self) -> usize {
-        let in_slots = self.thread_slots().filter(|(_, t)| t.service != 0).count();
-        let spilled = map_ref::<aya::maps::HashMap<&MapData, u32, agent_ebpf::ThreadState>>(
-            &self.ebpf,
-            maps::THREADS,
-        )
-        .map_or(0, |m| m.keys().count());
-        in_slots + spilled
     }
 
     /// Every `THREAD_SLOTS` slot, with a copy of its state (a slot no thread holds has service
@@ -825,7 +814,6 @@ fn read_ephemeral_port_min() -> u32 {
         .unwrap_or(32768)
 }
 
-/// `kernel.pid_max`, which bounds every pid and tid; the default when unreadable.
 /// Set to a power of two, the environment variable that sizes `THREAD_SLOTS` (fewer slots than
 /// tids puts the threads that share one in `THREADS`): for testing that path, and for hosts
 /// that want less kernel memory.
@@ -849,6 +837,7 @@ fn thread_slots(pid_max: u32) -> Result<u32, ProbeError> {
     }
 }
 
+/// `kernel.pid_max`, which bounds every pid and tid; the default when unreadable.
 fn read_pid_max() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/pid_max")
         .ok()

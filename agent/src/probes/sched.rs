@@ -117,6 +117,8 @@ pub struct Open {
     pub offcpu_ns: [u64; offcpu::COUNT],
 }
 
+/// The intervals still open at `now`, per service ([`Open`]), and how many threads the
+/// scheduler probes track (in their slots and in THREADS).
 ///
 /// A thread that no longer exists holds no open interval: its entry is removed (the kernel
 /// forgets exiting threads, but one that a switch after its exit tracked again, as its process
@@ -125,7 +127,7 @@ pub fn open_intervals(
     probes: &mut Probes,
     window_start: u64,
     now: u64,
-) -> Result<HashMap<u32, Open>, ProbeError> {
+) -> Result<(HashMap<u32, Open>, usize), ProbeError> {
     let since = |t: u64| now.saturating_sub(t.max(window_start));
     let mut threads: Vec<ThreadState> = Vec::new();
     for (i, t) in probes.thread_slots() {
@@ -150,6 +152,7 @@ pub fn open_intervals(
             let _ = map.remove(&tid);
         }
     }
+    let tracked = threads.len();
     let mut out: HashMap<u32, Open> = HashMap::new();
     for t in threads {
         let open = out.entry(t.service).or_default();
@@ -167,7 +170,7 @@ pub fn open_intervals(
             open.offcpu_ns[reason] += since(t.offcpu_since);
         }
     }
-    Ok(out)
+    Ok((out, tracked))
 }
 
 /// Whether thread `tid` (host pid namespace, as the kernel programs see it) still exists.
