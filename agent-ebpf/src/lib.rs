@@ -129,7 +129,7 @@ pub mod globals {
 }
 
 /// Most slots in `THREAD_SLOTS`: every tid has a slot of its own where `kernel.pid_max` is at
-/// most this (4.5 MiB of kernel memory at most); above it, tids this far apart share one.
+/// most this (6 MiB of kernel memory at most); above it, tids this far apart share one.
 pub const MAX_THREAD_SLOTS: u32 = 1 << 16;
 
 /// The `THREAD_SLOTS` element of thread `tid`.
@@ -497,6 +497,12 @@ pub struct Offsets {
     pub task_cfs_rq: u32,
     pub cfs_rq_rq: u32,
     pub rq_clock: u32,
+    /// `task_struct.utime` (`stime` follows it: the loader checks), `maj_flt`, `start_time`
+    /// (monotonic ns) and `flags` (`PF_*`).
+    pub task_utime: u32,
+    pub task_maj_flt: u32,
+    pub task_start_time: u32,
+    pub task_flags: u32,
 }
 
 /// What kind of wait a syscall is, for the off-CPU reason (see [`OffCpuReason`]).
@@ -562,10 +568,17 @@ pub struct ThreadState {
     /// The thread (tid) whose state this is: a `THREAD_SLOTS` slot is shared by every tid that
     /// selects it, and held by one at a time.
     pub tid: u32,
+    /// 1 once `utime`, `stime` and `maj_flt` below hold the task's counters.
+    pub counted: u32,
     /// The task's `sched_info.run_delay` when it last blocked: at its switch-in, the growth
     /// since is the time it waited on run queues it left (a migration) before the one it runs
     /// from.
     pub run_delay: u64,
+    /// The task's CPU time in user and kernel mode and its major page faults when they were
+    /// last added to its service (`task_struct.utime`, `stime`, `maj_flt`).
+    pub utime: u64,
+    pub stime: u64,
+    pub maj_flt: u64,
 }
 
 /// Per service, cumulative.
@@ -580,6 +593,12 @@ pub struct SchedStats {
     pub offcpu_count: [u64; offcpu::COUNT],
     /// Run-queue latency (wakeup or preemption → back on CPU), histogram as [`hist`].
     pub runqueue_buckets: [u64; hist::BUCKETS],
+    /// CPU time in user and in kernel mode, as the kernel's tick sampling splits it
+    /// (`task_struct.utime/stime`).
+    pub user_ns: u64,
+    pub system_ns: u64,
+    /// Page faults that had to read from disk (`task_struct.maj_flt`).
+    pub major_faults: u64,
 }
 
 /// Per service, cumulative.

@@ -118,14 +118,14 @@ fn try_exec() -> Result<(), ()> {
 // sched:sched_process_exit — TP_PROTO(struct task_struct *p[, bool group_dead]); runs as the
 // exiting thread, once per thread.
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
-    match try_exit() {
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    match try_exit(ctx.arg(0)) {
         Ok(()) | Err(()) => 0,
     }
 }
 
 #[inline(always)]
-fn try_exit() -> Result<(), ()> {
+fn try_exit(task: *const u8) -> Result<(), ()> {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     let tid = id as u32;
@@ -134,7 +134,7 @@ fn try_exit() -> Result<(), ()> {
         return Ok(());
     }
     crate::syscalls::forget_thread(tid);
-    crate::sched::thread_exiting(tid);
+    crate::sched::thread_exiting(tid, task);
     // The leader's exit ends the process for us. A leader that exits before its other threads
     // (rare: pthread_exit from main) unselects them early; `group_dead` would tell, but it is
     // absent before Linux 6.16 and reading it would fail to attach there.

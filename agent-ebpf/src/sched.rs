@@ -30,6 +30,8 @@ use crate::{
 const TASK_UNINTERRUPTIBLE: u64 = 0x2;
 /// `TASK_DEAD`: the task's final switch-out.
 const TASK_DEAD: u64 = 0x80;
+/// `PF_EXITING` in `task_struct.flags`: set as the task starts to exit.
+const PF_EXITING: u32 = 0x4;
 
 /// Per selected thread, its state, in the slot its tid selects: no hash, no lock — a thread's
 /// events find it with an index. Sized at load (`agent_ebpf::MAX_THREAD_SLOTS` at most).
@@ -541,6 +543,7 @@ fn switch_out<const TYPED: bool>(
             (*s).on_cpu_ns += in_window(now, (*t).oncpu_since);
             (*t).oncpu_since = 0;
         }
+        add_task_counters::<TYPED>(task, t, s, false);
         if state & TASK_DEAD != 0 {
             forget_thread(tid);
         } else if preempt || state == 0 {
@@ -599,6 +602,55 @@ fn switch_in<const TYPED: bool>(t: *mut ThreadState, task: *const u8, now: u64) 
     }
 }
 
+/// Adds what the task's own counters gained since they were last read — CPU time by mode and
+/// major page faults — to its service. The kernel keeps them for it: three loads at a selected
+/// thread's switch-out (two probe reads untyped), no program on the page-fault path. A thread
+/// read for the first time counts from zero if it started in this window, else from now; so
+/// does one seen again after its exit was accounted (`at_exit`: this is that accounting).
+#[inline(always)]
+fn add_task_counters<const TYPED: bool>(
+    task: *const u8,
+    t: *mut ThreadState,
+    s: *mut SchedStats,
+    at_exit: bool,
+) {
+    let o = offsets();
+    if o.task_utime == u32::MAX
+        || o.task_maj_flt == u32::MAX
+        || o.task_start_time == u32::MAX
+        || o.task_flags == u32::MAX
+    {
+        return;
+    }
+    let (Some(utime), Some(stime), Some(maj_flt)) = (
+        task_u64::<TYPED>(task, o.task_utime),
+        task_u64::<TYPED>(task, o.task_utime + 8),
+        task_u64::<TYPED>(task, o.task_maj_flt),
+    ) else {
+        return;
+    };
+    // SAFETY: `t` is this thread's value, `s` this CPU's stats value.
+    unsafe {
+        if (*t).counted == 0 {
+            (*t).counted = 1;
+            let started = task_u64::<TYPED>(task, o.task_start_time).unwrap_or(0);
+            let exiting = !at_exit
+                && task_u32::<TYPED>(task, o.task_flags).unwrap_or(PF_EXITING) & PF_EXITING != 0;
+            if started < window_start() || exiting {
+                (*t).utime = utime;
+                (*t).stime = stime;
+                (*t).maj_flt = maj_flt;
+            }
+        }
+        (*s).user_ns += utime.saturating_sub((*t).utime);
+        (*s).system_ns += stime.saturating_sub((*t).stime);
+        (*s).major_faults += maj_flt.saturating_sub((*t).maj_flt);
+        (*t).utime = utime;
+        (*t).stime = stime;
+        (*t).maj_flt = maj_flt;
+    }
+}
+
 /// The task's `sched_info.run_delay` (0 where the kernel has none).
 #[inline(always)]
 fn run_delay<const TYPED: bool>(task: *const u8) -> u64 {
@@ -606,11 +658,29 @@ fn run_delay<const TYPED: bool>(task: *const u8) -> u64 {
     if o.task_run_delay == u32::MAX {
         return 0;
     }
+    task_u64::<TYPED>(task, o.task_run_delay).unwrap_or(0)
+}
+
+/// A `u64` member of a task: a plain load when `task` is BTF-typed, else a probe read (None
+/// if it fails, counted).
+#[inline(always)]
+fn task_u64<const TYPED: bool>(task: *const u8, offset: u32) -> Option<u64> {
     if TYPED {
-        // SAFETY: a BTF-typed `task_struct`; `run_delay` is an `unsigned long long` member.
-        unsafe { load::<u64>(task, o.task_run_delay) }
+        // SAFETY: a BTF-typed `task_struct`; the caller names a `u64`-sized member.
+        Some(unsafe { load::<u64>(task, offset) })
     } else {
-        read_field::<u64>(task, o.task_run_delay).unwrap_or(0)
+        read_field::<u64>(task, offset).ok()
+    }
+}
+
+/// A `u32` member of a task, as [`task_u64`].
+#[inline(always)]
+fn task_u32<const TYPED: bool>(task: *const u8, offset: u32) -> Option<u32> {
+    if TYPED {
+        // SAFETY: as in `task_u64`, for a `u32`-sized member.
+        Some(unsafe { load::<u32>(task, offset) })
+    } else {
+        read_field::<u32>(task, offset).ok()
     }
 }
 
@@ -735,19 +805,20 @@ fn try_wakeup<const TYPED: bool>(task: *const u8) -> Result<(), ()> {
     Ok(())
 }
 
-/// A selected thread is exiting (sched_process_exit, in its own context, on CPU): account its
-/// last time slice now — its final switch-out comes after its process has left the service —
-/// and stop tracking it.
+/// A selected thread is exiting (sched_process_exit, in its own context, on CPU; `task` is its
+/// `task_struct`): account its last time slice and its counters now — its final switch-out
+/// comes after its process has left the service — and stop tracking it.
 #[inline(always)]
-pub fn thread_exiting(tid: u32) {
+pub fn thread_exiting(tid: u32, task: *const u8) {
     if let Some(t) = thread(tid) {
         // SAFETY: this thread's THREADS value.
         let (service, since) = unsafe { ((*t).service, (*t).oncpu_since) };
-        if since != 0
-            && let Some(s) = stats_of(service)
-        {
-            // SAFETY: this CPU's stats value.
-            unsafe { (*s).on_cpu_ns += in_window(now_ns(), since) };
+        if let Some(s) = stats_of(service) {
+            if since != 0 {
+                // SAFETY: this CPU's stats value.
+                unsafe { (*s).on_cpu_ns += in_window(now_ns(), since) };
+            }
+            add_task_counters::<false>(task, t, s, true);
         }
     }
     forget_thread(tid);

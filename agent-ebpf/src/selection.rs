@@ -81,6 +81,10 @@ static OFFSETS: Offsets = Offsets {
     task_cfs_rq: 0,
     cfs_rq_rq: 0,
     rq_clock: 0,
+    task_utime: 0,
+    task_maj_flt: 0,
+    task_start_time: 0,
+    task_flags: 0,
 };
 
 #[inline(always)]

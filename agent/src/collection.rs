@@ -287,6 +287,9 @@ impl Collector {
             runqueue_buckets: histogram::nonzero_buckets(&d.runqueue_buckets),
             voluntary_switches: d.voluntary_switches,
             involuntary_switches: d.involuntary_switches,
+            user_ns: d.user_ns,
+            system_ns: d.system_ns,
+            major_faults: d.major_faults,
         };
         let r = |i: usize| d.offcpu_ns[i] + open.offcpu_ns[i];
         let offcpu = OffCpuProfile {

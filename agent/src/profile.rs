@@ -125,6 +125,12 @@ pub struct CpuProfile {
     pub runqueue_buckets: Vec<(u64, u64)>,
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
+    /// The kernel's split of CPU time into user and kernel mode (`utime`/`stime`, sampled at
+    /// each timer tick: exact over many ticks, not per slice).
+    pub user_ns: u64,
+    pub system_ns: u64,
+    /// Page faults that read from disk (a mapped file's page, or swap).
+    pub major_faults: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

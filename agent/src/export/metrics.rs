@@ -247,6 +247,10 @@ fn add_resources(totals: &mut ServiceTotals, s: &ServiceProfile) {
         vec![("kind", "involuntary".into())],
         c.involuntary_switches as f64,
     );
+    for (mode, ns) in [("user", c.user_ns), ("system", c.system_ns)] {
+        totals.count(CPU_MODE, vec![("mode", mode.into())], secs(ns));
+    }
+    totals.count(MAJOR_FAULTS, vec![], c.major_faults as f64);
     totals.runqueue.add(&c.runqueue_buckets, c.runqueue_ns);
     let o = &s.offcpu;
     for (reason, ns) in [
@@ -295,6 +299,8 @@ const DISK_IOS: &str = "crmprof_disk_ios_total";
 const CPU_ON: &str = "crmprof_cpu_seconds_total";
 const CPU_RUNQ: &str = "crmprof_runqueue_seconds_total";
 const CPU_SWITCH: &str = "crmprof_context_switches_total";
+const CPU_MODE: &str = "crmprof_cpu_mode_seconds_total";
+const MAJOR_FAULTS: &str = "crmprof_major_page_faults_total";
 const OFFCPU: &str = "crmprof_offcpu_seconds_total";
 
 const COUNTERS: &[(&str, &str, &str, &str)] = &[
@@ -388,6 +394,19 @@ const COUNTERS: &[(&str, &str, &str, &str)] = &[
         "crmprof.cpu.context_switches",
         "{switch}",
         "Context switches, voluntary (blocked) or involuntary (preempted).",
+    ),
+    (
+        CPU_MODE,
+        "crmprof.cpu.mode.time",
+        "s",
+        "CPU time of the service's threads in user or kernel (system) mode, as the kernel's \
+         timer ticks sample it.",
+    ),
+    (
+        MAJOR_FAULTS,
+        "crmprof.memory.major_page_faults",
+        "{fault}",
+        "Page faults of the service that read from disk (a mapped file's page, or swap).",
     ),
     (
         OFFCPU,
@@ -778,6 +797,8 @@ mod tests {
         p.services[0].cpu = CpuProfile {
             on_cpu_ns: 1_500_000_000,
             runqueue_buckets: vec![(1_000_000, 3)],
+            system_ns: 500_000_000,
+            major_faults: 7,
             ..CpuProfile::default()
         };
         p.services[0].time = TimeBudget {
@@ -814,6 +835,11 @@ mod tests {
             vec![2000.0]
         );
         assert_eq!(number("crmprof_cpu_seconds_total", None), vec![3.0]);
+        assert_eq!(
+            number("crmprof_cpu_mode_seconds_total", Some(("mode", "system"))),
+            vec![1.0]
+        );
+        assert_eq!(number("crmprof_major_page_faults_total", None), vec![14.0]);
         // Only the outbound peer, cumulative over both windows.
         assert_eq!(number("crmprof_peer_wait_seconds_total", None), vec![4.0]);
         assert_eq!(

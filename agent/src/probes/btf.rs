@@ -34,6 +34,14 @@ pub fn offsets(path: &Path) -> Result<Offsets, ProbeError> {
         (Some(a), Some(b)) => a + b,
         _ => MISSING,
     };
+    // The programs read `stime` 8 bytes after `utime`.
+    let utime = optional("task_struct", "utime");
+    let stime = optional("task_struct", "stime");
+    let task_utime = if utime != MISSING && stime == utime + 8 {
+        utime
+    } else {
+        MISSING
+    };
     Ok(Offsets {
         task_pid: required("task_struct", "pid")?,
         task_tgid: required("task_struct", "tgid")?,
@@ -53,6 +61,10 @@ pub fn offsets(path: &Path) -> Result<Offsets, ProbeError> {
         task_cfs_rq: nested("task_struct", "se", "sched_entity", "cfs_rq"),
         cfs_rq_rq: optional("cfs_rq", "rq"),
         rq_clock: optional("rq", "clock"),
+        task_utime,
+        task_maj_flt: optional("task_struct", "maj_flt"),
+        task_start_time: optional("task_struct", "start_time"),
+        task_flags: optional("task_struct", "flags"),
     })
 }
 
@@ -171,6 +183,18 @@ mod tests {
         assert!(
             o.task_last_queued > o.task_run_delay && o.task_last_queued - o.task_run_delay < 64,
             "both in task_struct.sched_info: {o:?}"
+        );
+        // The task's own counters: CPU time by mode, major faults.
+        assert!(
+            [
+                o.task_utime,
+                o.task_maj_flt,
+                o.task_start_time,
+                o.task_flags
+            ]
+            .iter()
+            .all(|&off| off != MISSING),
+            "{o:?}"
         );
         // A kernel whose ports are not where the fingerprint expects them runs no socket
         // programs, and says why.

@@ -23,6 +23,9 @@ pub struct Totals {
     pub offcpu_ns: [u64; offcpu::COUNT],
     pub offcpu_count: [u64; offcpu::COUNT],
     pub runqueue_buckets: Vec<u64>,
+    pub user_ns: u64,
+    pub system_ns: u64,
+    pub major_faults: u64,
 }
 
 impl Default for Totals {
@@ -35,6 +38,9 @@ impl Default for Totals {
             offcpu_ns: [0; offcpu::COUNT],
             offcpu_count: [0; offcpu::COUNT],
             runqueue_buckets: vec![0; hist::BUCKETS],
+            user_ns: 0,
+            system_ns: 0,
+            major_faults: 0,
         }
     }
 }
@@ -45,6 +51,9 @@ impl Totals {
         self.runqueue_ns += s.runqueue_ns;
         self.voluntary_switches += s.voluntary_switches;
         self.involuntary_switches += s.involuntary_switches;
+        self.user_ns += s.user_ns;
+        self.system_ns += s.system_ns;
+        self.major_faults += s.major_faults;
         for i in 0..offcpu::COUNT {
             self.offcpu_ns[i] += s.offcpu_ns[i];
             self.offcpu_count[i] += s.offcpu_count[i];
@@ -69,6 +78,9 @@ impl Totals {
             involuntary_switches: self
                 .involuntary_switches
                 .saturating_sub(before.involuntary_switches),
+            user_ns: self.user_ns.saturating_sub(before.user_ns),
+            system_ns: self.system_ns.saturating_sub(before.system_ns),
+            major_faults: self.major_faults.saturating_sub(before.major_faults),
             ..Totals::default()
         };
         for i in 0..offcpu::COUNT {

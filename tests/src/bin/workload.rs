@@ -25,6 +25,9 @@
 //!   dio-write PATH BYTES      O_DIRECT writes of 1 MiB, then fsync
 //!   dio-read PATH BYTES       O_DIRECT reads of 1 MiB
 //!   make-file PATH MIB        write a file, fsync it and drop it from the page cache
+//!   fault-pages PATH          drop PATH from the page cache and read each page once through a
+//!                             mapping (no readahead); prints the loop's major faults, then the
+//!                             process's major faults, user and system µs (getrusage)
 //!   mmap-thrash PATH MILLIS   touch random pages of a mapped file (no readahead) for MILLIS
 //!   fork-storm N              fork N children that exit at once, reaping each
 //!   syscall-loop N            N getppid calls; prints the mean ns per call
@@ -252,6 +255,11 @@ fn run(args: &[String]) -> Result<(), String> {
             // SAFETY: a valid fd; advice only.
             unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         }
+        "fault-pages" => {
+            let path = text(args, 1)?;
+            let (faults, own) = fault_pages(path)?;
+            println!("{faults} {own}");
+        }
         "mmap-thrash" => {
             let (path, millis) = (text(args, 1)?, num(args, 2)?);
             mmap_thrash(path, Duration::from_millis(millis))?;
@@ -398,6 +406,61 @@ fn direct_io(path: &str, bytes: u64, write: bool) -> Result<(), String> {
     // SAFETY: allocated above with the same layout.
     unsafe { std::alloc::dealloc(buf, layout) };
     result
+}
+
+/// Drops `path` from the page cache, then reads each of its pages once through a mapping with
+/// readahead off: one major fault per page. Returns the major faults the loop took and the
+/// process's whole count so far, with its CPU time split by mode (`getrusage`).
+fn fault_pages(path: &str) -> Result<(u64, String), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
+    // SAFETY: a valid fd; advice only (the file is clean: `make-file` synced it).
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    // SAFETY: a fresh read-only shared mapping of a file we hold open; unmapped below.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: advice on the mapping just made.
+    unsafe { libc::madvise(map, len, libc::MADV_RANDOM) };
+    let before = rusage();
+    let mut sum = 0u64;
+    for page in 0..len / 4096 {
+        // SAFETY: `page * 4096` is inside the mapping.
+        sum = sum.wrapping_add(u64::from(unsafe {
+            std::ptr::read_volatile(map.cast::<u8>().add(page * 4096))
+        }));
+    }
+    std::hint::black_box(sum);
+    let after = rusage();
+    // SAFETY: unmapping what we mapped.
+    unsafe { libc::munmap(map, len) };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    let own = format!(
+        "{} {} {}",
+        after.ru_majflt,
+        micros(after.ru_utime),
+        micros(after.ru_stime)
+    );
+    Ok(((after.ru_majflt - before.ru_majflt) as u64, own))
+}
+
+fn rusage() -> libc::rusage {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    unsafe {
+        let mut r: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut r);
+        r
+    }
 }
 
 /// Touches random pages of a read-only mapping of `path` for `how_long`, with readahead off, so
