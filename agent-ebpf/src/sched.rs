@@ -604,7 +604,7 @@ fn switch_in<const TYPED: bool>(t: *mut ThreadState, task: *const u8, now: u64) 
 
 /// Adds what the task's own counters gained since they were last read — CPU time by mode and
 /// major page faults — to its service. The kernel keeps them for it: three loads at a selected
-/// thread's switch-out (two probe reads untyped), no program on the page-fault path. A thread
+/// thread's switch-out (probe reads untyped), no program on the page-fault path. A thread
 /// read for the first time counts from zero if it started in this window, else from now; so
 /// does one seen again after its exit was accounted (`at_exit`: this is that accounting).
 #[inline(always)]

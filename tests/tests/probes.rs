@@ -303,6 +303,16 @@ fn raw_sched_switch_counts_the_same_run_queue_waits() {
     run_queue_waits_match(&[RAW_TWINS]);
 }
 
+/// The same with `sched_wakeup` marking each wakeup, as on kernels whose tasks do not say when
+/// they joined the run queue (no `CONFIG_SCHED_INFO`).
+#[test]
+fn sched_wakeup_counts_the_same_run_queue_waits() {
+    if !privileged("sched_wakeup_counts_the_same_run_queue_waits") {
+        return;
+    }
+    run_queue_waits_match(&[("CRMPROF_SCHED_WAKEUP", "1")]);
+}
+
 /// The same with two thread slots for four threads: those whose slot another holds are kept
 /// in the kernel's hash map instead (as on a host whose pid_max exceeds the slots).
 #[test]
@@ -338,9 +348,11 @@ fn run_queue_waits_match(env: &[(&str, &str)]) {
     let doc = parse_profile(&agent.interrupt_and_output());
     let sched = &doc["agent"]["probes"]["sched"];
     let attached = sched["attach_points"].to_string();
-    assert!(
-        !attached.contains("\"sched_wakeup\""),
-        "no sched_wakeup where the task's sched_info tells its wait: {sched:#}"
+    let marks_wakeups = env.contains(&("CRMPROF_SCHED_WAKEUP", "1"));
+    assert_eq!(
+        attached.contains("\"sched_wakeup\""),
+        marks_wakeups,
+        "sched_wakeup only where asked for (the task's sched_info tells its wait): {sched:#}"
     );
     let cpu = &svc(&doc, &name)["cpu"];
     let rq = u(&cpu["runqueue_ns"]);

@@ -167,7 +167,11 @@ impl Probes {
     /// Checks privileges and BTF, loads the object and attaches every group it can.
     pub fn load(opts: &LoadOptions<'_>) -> Result<Self, ProbeError> {
         privileges::require_bpf()?;
-        let offsets = btf::offsets(opts.btf_path)?;
+        let mut offsets = btf::offsets(opts.btf_path)?;
+        if std::env::var(WAKEUP_ENV).is_ok_and(|v| v == "1") {
+            // As on a kernel without `sched_info.last_queued`: sched_wakeup marks wakeups.
+            offsets.task_last_queued = btf::MISSING;
+        }
         let pid_max = read_pid_max();
         raise_memlock_rlimit();
         let agent_tgid = std::process::id();
@@ -813,6 +817,11 @@ fn read_ephemeral_port_min() -> u32 {
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(32768)
 }
+
+/// Set to 1, the environment variable that makes `sched_wakeup` mark each wakeup, as on kernels
+/// whose tasks do not say when they joined the run queue: for testing that path, and for a
+/// kernel whose `sched_info` misleads.
+pub const WAKEUP_ENV: &str = "CRMPROF_SCHED_WAKEUP";
 
 /// Set to a power of two, the environment variable that sizes `THREAD_SLOTS` (fewer slots than
 /// tids puts the threads that share one in `THREADS`): for testing that path, and for hosts

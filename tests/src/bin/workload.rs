@@ -408,42 +408,73 @@ fn direct_io(path: &str, bytes: u64, write: bool) -> Result<(), String> {
     result
 }
 
+/// A read-only shared mapping of the file at `path`, readahead off (`MADV_RANDOM`): each page
+/// not in the page cache is read alone, at its own major fault. Unmapped on drop.
+struct RandomMap {
+    file: std::fs::File,
+    addr: *const u8,
+    len: usize,
+}
+
+impl RandomMap {
+    fn open(path: &str) -> Result<Self, String> {
+        let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+        let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
+        // SAFETY: a fresh read-only shared mapping of a file we hold open; unmapped in drop.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
+        }
+        // SAFETY: advice on the mapping just made.
+        unsafe { libc::madvise(addr, len, libc::MADV_RANDOM) };
+        Ok(Self {
+            file,
+            addr: addr.cast(),
+            len,
+        })
+    }
+
+    fn pages(&self) -> usize {
+        self.len / 4096
+    }
+
+    /// Reads the first byte of page `page` (below [`Self::pages`]).
+    fn touch(&self, page: usize) -> u8 {
+        assert!(page < self.pages());
+        // SAFETY: `page * 4096` is inside the mapping.
+        unsafe { std::ptr::read_volatile(self.addr.add(page * 4096)) }
+    }
+}
+
+impl Drop for RandomMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `open` mapped.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
+    }
+}
+
 /// Drops `path` from the page cache, then reads each of its pages once through a mapping with
 /// readahead off: one major fault per page. Returns the major faults the loop took and the
 /// process's whole count so far, with its CPU time split by mode (`getrusage`).
 fn fault_pages(path: &str) -> Result<(u64, String), String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
-    let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
+    let map = RandomMap::open(path)?;
     // SAFETY: a valid fd; advice only (the file is clean: `make-file` synced it).
-    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    // SAFETY: a fresh read-only shared mapping of a file we hold open; unmapped below.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if map == libc::MAP_FAILED {
-        return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: advice on the mapping just made.
-    unsafe { libc::madvise(map, len, libc::MADV_RANDOM) };
+    unsafe { libc::posix_fadvise(map.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     let before = rusage();
-    let mut sum = 0u64;
-    for page in 0..len / 4096 {
-        // SAFETY: `page * 4096` is inside the mapping.
-        sum = sum.wrapping_add(u64::from(unsafe {
-            std::ptr::read_volatile(map.cast::<u8>().add(page * 4096))
-        }));
-    }
+    let sum = (0..map.pages()).fold(0u64, |sum, page| {
+        sum.wrapping_add(u64::from(map.touch(page)))
+    });
     std::hint::black_box(sum);
     let after = rusage();
-    // SAFETY: unmapping what we mapped.
-    unsafe { libc::munmap(map, len) };
     let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
     let own = format!(
         "{} {} {}",
@@ -466,25 +497,8 @@ fn rusage() -> libc::rusage {
 /// Touches random pages of a read-only mapping of `path` for `how_long`, with readahead off, so
 /// every page that does not fit in memory is a major fault.
 fn mmap_thrash(path: &str, how_long: Duration) -> Result<(), String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
-    let len = file.metadata().map_err(|e| e.to_string())?.len() as usize;
-    // SAFETY: a fresh read-only shared mapping of a file we hold open; unmapped below.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if map == libc::MAP_FAILED {
-        return Err(format!("mmap {path}: {}", std::io::Error::last_os_error()));
-    }
-    // SAFETY: advice on the mapping just made.
-    unsafe { libc::madvise(map, len, libc::MADV_RANDOM) };
-    let pages = len / 4096;
+    let map = RandomMap::open(path)?;
+    let pages = map.pages().max(1);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut sum = 0u64;
     let end = Instant::now() + how_long;
@@ -494,15 +508,9 @@ fn mmap_thrash(path: &str, how_long: Duration) -> Result<(), String> {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let page = (x as usize) % pages.max(1);
-            // SAFETY: `page * 4096` is inside the mapping.
-            sum = sum.wrapping_add(u64::from(unsafe {
-                std::ptr::read_volatile(map.cast::<u8>().add(page * 4096))
-            }));
+            sum = sum.wrapping_add(u64::from(map.touch((x as usize) % pages)));
         }
     }
     std::hint::black_box(sum);
-    // SAFETY: unmapping what we mapped.
-    unsafe { libc::munmap(map, len) };
     Ok(())
 }
