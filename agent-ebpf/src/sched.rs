@@ -623,9 +623,9 @@ fn add_task_counters<const TYPED: bool>(
         return;
     }
     let (Some(utime), Some(stime), Some(maj_flt)) = (
-        task_u64::<TYPED>(task, o.task_utime),
-        task_u64::<TYPED>(task, o.task_utime + 8),
-        task_u64::<TYPED>(task, o.task_maj_flt),
+        task_field::<u64, TYPED>(task, o.task_utime),
+        task_field::<u64, TYPED>(task, o.task_utime + 8),
+        task_field::<u64, TYPED>(task, o.task_maj_flt),
     ) else {
         return;
     };
@@ -633,9 +633,10 @@ fn add_task_counters<const TYPED: bool>(
     unsafe {
         if (*t).counted == 0 {
             (*t).counted = 1;
-            let started = task_u64::<TYPED>(task, o.task_start_time).unwrap_or(0);
+            let started = task_field::<u64, TYPED>(task, o.task_start_time).unwrap_or(0);
             let exiting = !at_exit
-                && task_u32::<TYPED>(task, o.task_flags).unwrap_or(PF_EXITING) & PF_EXITING != 0;
+                && task_field::<u32, TYPED>(task, o.task_flags).unwrap_or(PF_EXITING) & PF_EXITING
+                    != 0;
             if started < window_start() || exiting {
                 (*t).utime = utime;
                 (*t).stime = stime;
@@ -658,29 +659,18 @@ fn run_delay<const TYPED: bool>(task: *const u8) -> u64 {
     if o.task_run_delay == u32::MAX {
         return 0;
     }
-    task_u64::<TYPED>(task, o.task_run_delay).unwrap_or(0)
+    task_field::<u64, TYPED>(task, o.task_run_delay).unwrap_or(0)
 }
 
-/// A `u64` member of a task: a plain load when `task` is BTF-typed, else a probe read (None
-/// if it fails, counted).
+/// A member of a task: a plain load when `task` is BTF-typed, else a probe read (None if it
+/// fails, counted). `T` must be the member's type.
 #[inline(always)]
-fn task_u64<const TYPED: bool>(task: *const u8, offset: u32) -> Option<u64> {
+fn task_field<T: Copy, const TYPED: bool>(task: *const u8, offset: u32) -> Option<T> {
     if TYPED {
-        // SAFETY: a BTF-typed `task_struct`; the caller names a `u64`-sized member.
-        Some(unsafe { load::<u64>(task, offset) })
+        // SAFETY: a BTF-typed `task_struct`; the caller names a member of type `T`.
+        Some(unsafe { load::<T>(task, offset) })
     } else {
-        read_field::<u64>(task, offset).ok()
-    }
-}
-
-/// A `u32` member of a task, as [`task_u64`].
-#[inline(always)]
-fn task_u32<const TYPED: bool>(task: *const u8, offset: u32) -> Option<u32> {
-    if TYPED {
-        // SAFETY: as in `task_u64`, for a `u32`-sized member.
-        Some(unsafe { load::<u32>(task, offset) })
-    } else {
-        read_field::<u32>(task, offset).ok()
+        read_field::<T>(task, offset).ok()
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     host::HostUse,
-    profile::{ServiceProfile, SyscallProfile},
+    profile::{CpuProfile, ServiceProfile, SyscallProfile},
     render::duration,
 };
 
@@ -407,28 +407,33 @@ fn failing_calls(s: &ServiceProfile, window_s: f64) -> Option<Bottleneck> {
 struct FaultLoad {
     count: u64,
     per_s: f64,
-    /// Kernel-mode share of its CPU time (0 when the kernel sampled none).
+    /// [`kernel_share`] of its CPU time.
     kernel_share: f64,
 }
 
 impl FaultLoad {
     fn of(s: &ServiceProfile, window_s: f64) -> Self {
         let c = &s.cpu;
-        let sampled = c.user_ns + c.system_ns;
         FaultLoad {
             count: c.major_faults,
             per_s: c.major_faults as f64 / window_s,
-            kernel_share: if sampled == 0 {
-                0.0
-            } else {
-                c.system_ns as f64 / sampled as f64
-            },
+            kernel_share: kernel_share(c),
         }
     }
 
     /// Whether its CPU time is mostly the kernel serving its own major faults.
     fn serving(&self) -> bool {
         self.per_s >= MAJOR_FAULTS_PER_SEC && self.kernel_share >= KERNEL_MOSTLY
+    }
+}
+
+/// Kernel-mode share of a service's CPU time, as the ticks split it (0 when they sampled none).
+fn kernel_share(c: &CpuProfile) -> f64 {
+    let sampled = c.user_ns + c.system_ns;
+    if sampled == 0 {
+        0.0
+    } else {
+        c.system_ns as f64 / sampled as f64
     }
 }
 
@@ -488,7 +493,7 @@ fn cpu(i: &Inputs<'_>, share: f64, mut evidence: Vec<String>) -> Bottleneck {
         );
     }
     let threads = s.cpu.on_cpu_ns as f64 / i.window_ns.max(1) as f64;
-    let kernel = FaultLoad::of(s, 1.0).kernel_share;
+    let kernel = kernel_share(&s.cpu);
     evidence.push(format!(
         "on CPU for {} ({threads:.2} CPUs' worth, {} of it in the kernel) while the host has \
          spare capacity",
