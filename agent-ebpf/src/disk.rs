@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 
-use crate::selection::{count, offsets, read_field, service_of};
+use crate::selection::{count, offset, read_field, service_of};
 
 const NO_PREALLOC: u32 = 1;
 /// `REQ_OP_MASK`: the low 8 bits of `cmd_flags` are the operation.
@@ -149,8 +149,7 @@ pub fn block_rq_issue(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_issue(ctx: &RawTracePointContext) -> Result<(), ()> {
     let rq: *const u8 = ctx.arg(0);
-    let o = offsets();
-    let bio: u64 = read_field(rq, o.rq_bio)?;
+    let bio: u64 = read_field(rq, offset(|o| &o.rq_bio))?;
     let owner = BIO_OWNER
         .get_ptr_mut(slot_of(bio))
         // SAFETY: a live element of BIO_OWNER, whose values start with their tag.
@@ -160,9 +159,9 @@ fn try_issue(ctx: &RawTracePointContext) -> Result<(), ()> {
     if service == u32::from(NO_SERVICE) {
         return Ok(());
     }
-    let flags: u32 = read_field(rq, o.rq_cmd_flags)?;
-    let part: *const u8 = read_field(rq, o.rq_part)?;
-    let dev: u32 = read_field(part, o.bdev_dev)?;
+    let flags: u32 = read_field(rq, offset(|o| &o.rq_cmd_flags))?;
+    let part: *const u8 = read_field(rq, offset(|o| &o.rq_part))?;
+    let dev: u32 = read_field(part, offset(|o| &o.bdev_dev))?;
     let op = match flags & REQ_OP_MASK {
         REQ_OP_READ => 0,
         REQ_OP_WRITE => 1,

@@ -103,6 +103,7 @@ pub mod programs {
     /// Empty programs: the benchmark's floor.
     pub const FLOOR_SYS_ENTER: &str = "floor_sys_enter";
     pub const FLOOR_SYS_EXIT: &str = "floor_sys_exit";
+    pub const FLOOR_SCHED_SWITCH: &str = "floor_sched_switch";
 }
 
 /// Names of the globals the agent sets at load time with `EbpfLoader::set_global`.

@@ -13,7 +13,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, RawTracePointContext},
 };
 
-use crate::selection::{ON_CPU, count, load, offsets, on_cpu, on_cpu_kept, read_field, service_of};
+use crate::selection::{ON_CPU, count, load, offset, on_cpu, on_cpu_kept, read_field, service_of};
 
 const NO_PREALLOC: u32 = 1;
 const AF_UNIX: u16 = 1;
@@ -77,15 +77,15 @@ impl Fingerprint {
     /// loads the verifier accepts there.
     #[inline(always)]
     fn load(sk: *const u8) -> Self {
-        let o = offsets();
+        let daddr = offset(|o| &o.skc_daddr);
         // SAFETY: `sk` is the tracepoint's BTF-typed socket; the verifier checks each load
         // against the kernel's type, and the JIT makes a faulting one read zero.
         unsafe {
             Self {
-                addrs: load::<u64>(sk, o.skc_daddr),
-                hash: load::<u32>(sk, o.skc_daddr + 8),
-                ports: load::<u32>(sk, o.skc_daddr + 12),
-                family: u32::from(load::<u16>(sk, o.skc_family)),
+                addrs: load::<u64>(sk, daddr),
+                hash: load::<u32>(sk, daddr + 8),
+                ports: load::<u32>(sk, daddr + 12),
+                family: u32::from(load::<u16>(sk, offset(|o| &o.skc_family))),
             }
         }
     }
@@ -93,9 +93,8 @@ impl Fingerprint {
     /// The same through `bpf_probe_read_kernel`, from an untyped pointer.
     #[inline(always)]
     fn read(sk: *const u8) -> Result<Self, ()> {
-        let o = offsets();
-        let [addrs, rest]: [u64; 2] = read_field(sk, o.skc_daddr)?;
-        let family: u16 = read_field(sk, o.skc_family)?;
+        let [addrs, rest]: [u64; 2] = read_field(sk, offset(|o| &o.skc_daddr))?;
+        let family: u16 = read_field(sk, offset(|o| &o.skc_family))?;
         Ok(Self {
             addrs,
             hash: rest as u32,
@@ -199,7 +198,7 @@ fn peer_from(fingerprint: &Fingerprint, sk: *const u8, service: u32) -> Result<P
             peer.addr[14] = addr[2];
             peer.addr[15] = addr[3];
         }
-        AF_INET6 => peer.addr = read_field(sk, offsets().skc_v6_daddr)?,
+        AF_INET6 => peer.addr = read_field(sk, offset(|o| &o.skc_v6_daddr))?,
         AF_UNIX => return Ok(peer),
         _ => return Err(()),
     }
@@ -448,7 +447,7 @@ fn owner_of(sk: *const u8) -> Option<u32> {
     if let Some(s) = unsafe { SOCK_OWNER.get(sk as u64) } {
         return Some(*s);
     }
-    let local: u16 = read_field(sk, offsets().skc_num).ok()?;
+    let local: u16 = read_field(sk, offset(|o| &o.skc_num)).ok()?;
     // SAFETY: as above.
     unsafe { LISTEN_OWNER.get(u32::from(local)) }.copied()
 }
@@ -474,7 +473,7 @@ fn try_state(ctx: &RawTracePointContext) -> Result<(), ()> {
             // SAFETY: a read of a loader-filled global.
             let report = unsafe { core::ptr::read_volatile(&REPORT_LISTENS) } != 0;
             if new == TCP_LISTEN && report {
-                let port: u16 = read_field(sk, offsets().skc_num)?;
+                let port: u16 = read_field(sk, offset(|o| &o.skc_num))?;
                 let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
                 crate::process::emit(proc_event::LISTEN, tgid, u32::from(port), service as u16);
             }
@@ -482,14 +481,14 @@ fn try_state(ctx: &RawTracePointContext) -> Result<(), ()> {
                 return Ok(());
             }
             if new == TCP_LISTEN {
-                let port: u16 = read_field(sk, offsets().skc_num)?;
+                let port: u16 = read_field(sk, offset(|o| &o.skc_num))?;
                 let _ = LISTEN_OWNER.insert(u32::from(port), service, 0);
             } else if SOCK_OWNER.insert(sk as u64, service, 0).is_err() {
                 count(Counter::DropSockOwnerFull);
             }
         }
         (TCP_LISTEN, TCP_CLOSE) => {
-            let port: u16 = read_field(sk, offsets().skc_num)?;
+            let port: u16 = read_field(sk, offset(|o| &o.skc_num))?;
             let _ = LISTEN_OWNER.remove(u32::from(port));
         }
         // Handshakes complete in softirq context: find the owner by socket or port.

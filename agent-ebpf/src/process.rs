@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 
-use crate::selection::{ON_CPU, agent_tgid, count, offsets, read_field, service_of, set_service};
+use crate::selection::{ON_CPU, agent_tgid, count, offset, read_field, service_of, set_service};
 
 /// comm → service id for rules that must catch processes started later (`--comm NAME`).
 #[map(name = "COMM_RULES")]
@@ -57,9 +57,8 @@ fn try_fork(ctx: &RawTracePointContext) -> Result<(), ()> {
         return Ok(());
     }
     let child: *const u8 = ctx.arg(1);
-    let offsets = offsets();
-    let pid: u32 = read_field(child, offsets.task_pid)?;
-    let tgid: u32 = read_field(child, offsets.task_tgid)?;
+    let pid: u32 = read_field(child, offset(|o| &o.task_pid))?;
+    let tgid: u32 = read_field(child, offset(|o| &o.task_tgid))?;
     if pid != tgid {
         // A new thread of an already selected process.
         return Ok(());

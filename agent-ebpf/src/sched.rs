@@ -12,7 +12,7 @@ use agent_ebpf::{
     syscall_class, thread_slot,
 };
 use aya_ebpf::{
-    helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs},
+    helpers::{bpf_ktime_get_ns, bpf_task_pt_regs},
     macros::{btf_tracepoint, map, raw_tracepoint},
     maps::{Array, HashMap, PerCpuArray},
     programs::{BtfTracePointContext, RawTracePointContext},
@@ -20,7 +20,7 @@ use aya_ebpf::{
 
 use crate::{
     selection::{
-        MMAPABLE, ON_CPU, count, load, offsets, on_cpu, on_cpu_kept, read_field,
+        MMAPABLE, ON_CPU, count, load, offset, on_cpu, on_cpu_kept, read_field,
         selection_generation, service_of, syscall_phase,
     },
     syscalls::SYSCALL_START,
@@ -162,7 +162,7 @@ pub fn thread_of(tid: u32, service: u32) -> Option<*mut ThreadState> {
 /// futexes, timers). `call`: the call in flight the syscall probes recorded, if any. `TYPED`:
 /// the BTF-typed `sched_switch`, which may read the syscall from the thread's saved registers.
 #[inline(always)]
-fn reason<const TYPED: bool>(call: u64, state: u64, t: *const ThreadState) -> u32 {
+fn reason<const TYPED: bool>(call: u64, state: u64, t: *const ThreadState, task: *const u8) -> u32 {
     let d_state = state & TASK_UNINTERRUPTIBLE != 0;
     // A recorded call is current only while the syscall probes are attached, and only if it
     // began in this attach (the probes may be cycled: `syscall_duty_cycle`).
@@ -170,7 +170,7 @@ fn reason<const TYPED: bool>(call: u64, state: u64, t: *const ThreadState) -> u3
         Some(start::nr(call))
     } else if TYPED {
         // Not seen by the syscall probes: ask the task's saved registers.
-        blocked_syscall()
+        blocked_syscall(task)
     } else {
         None
     };
@@ -203,34 +203,29 @@ fn reason<const TYPED: bool>(call: u64, state: u64, t: *const ThreadState) -> u3
     }) as u32
 }
 
-/// The syscall the current task (sched_switch runs as the outgoing task) is blocking in, from
-/// the registers its syscall entry saved: `orig_ax` is the number, and `ax` still holds the
-/// -ENOSYS the entry put there until the call returns. A page fault also saves registers, but
-/// `ax` is then the task's own. Two helper calls and two plain loads (the registers are
-/// BTF-typed), once per blocking switch of a selected thread whose call the syscall probes did
-/// not see. Only the typed `sched_switch` asks: `bpf_task_pt_regs` (5.15) is newer than typed
+/// The syscall `task` — the outgoing task, BTF-typed — is blocking in, from the registers its
+/// syscall entry saved: `orig_ax` is the number, and `ax` still holds the -ENOSYS the entry put
+/// there until the call returns. A page fault also saves registers, but `ax` is then the task's
+/// own. One helper call and two plain loads (the registers are BTF-typed), once per blocking
+/// switch of a selected thread whose call the syscall probes did not see. Only the typed `sched_switch` asks: `bpf_task_pt_regs` (5.15) is newer than typed
 /// tracepoints (5.5), so a kernel that refuses those has no use for a raw variant of this.
 #[inline(always)]
-fn blocked_syscall() -> Option<u32> {
+fn blocked_syscall(task: *const u8) -> Option<u32> {
     const ENOSYS: u64 = 38;
-    let o = offsets();
+    let (ax_at, nr_at) = (offset(|o| &o.regs_ax), offset(|o| &o.regs_orig_ax));
     // u32::MAX: a field this kernel lacks.
-    if o.regs_ax == u32::MAX || o.regs_orig_ax == u32::MAX {
+    if ax_at == u32::MAX || nr_at == u32::MAX {
         return None;
     }
-    // SAFETY: both helpers take no arguments but the task pointer the first returns.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    // SAFETY: `task` is the tracepoint's BTF-typed (trusted) `task_struct`, as the helper
+    // requires.
+    let regs = unsafe { bpf_task_pt_regs(task as *mut _) } as *const u8;
     if regs.is_null() {
         return None;
     }
     // SAFETY: `regs` is the BTF-typed `pt_regs` the helper returned; both are `unsigned long`
     // members.
-    let (ax, nr) = unsafe {
-        (
-            load::<u64>(regs, o.regs_ax),
-            load::<u64>(regs, o.regs_orig_ax),
-        )
-    };
+    let (ax, nr) = unsafe { (load::<u64>(regs, ax_at), load::<u64>(regs, nr_at)) };
     (ax == ENOSYS.wrapping_neg() && nr < 512).then_some(nr as u32)
 }
 
@@ -238,17 +233,16 @@ fn blocked_syscall() -> Option<u32> {
 /// else one probe read of both (adjacent in `task_struct`: the loader checks).
 #[inline(always)]
 fn task_ids<const TYPED: bool>(task: *const u8) -> Result<[u32; 2], ()> {
-    let o = offsets();
     if TYPED {
         // SAFETY: `task` is a BTF-typed `task_struct`; `pid` and `tgid` are `pid_t` members.
         Ok(unsafe {
             [
-                load::<u32>(task, o.task_pid),
-                load::<u32>(task, o.task_tgid),
+                load::<u32>(task, offset(|o| &o.task_pid)),
+                load::<u32>(task, offset(|o| &o.task_tgid)),
             ]
         })
     } else {
-        read_field::<[u32; 2]>(task, o.task_pid)
+        read_field::<[u32; 2]>(task, offset(|o| &o.task_pid))
     }
 }
 
@@ -556,7 +550,7 @@ fn switch_out<const TYPED: bool>(
             // switch-in saw may outlive the block, where the next switch-in would count it.
             (*t).runnable_since = 0;
             (*t).offcpu_since = now;
-            (*t).reason = reason::<TYPED>(call, state, t);
+            (*t).reason = reason::<TYPED>(call, state, t, task);
             (*t).run_delay = run_delay::<TYPED>(task);
         }
     }
@@ -614,18 +608,15 @@ fn add_task_counters<const TYPED: bool>(
     s: *mut SchedStats,
     at_exit: bool,
 ) {
-    let o = offsets();
-    if o.task_utime == u32::MAX
-        || o.task_maj_flt == u32::MAX
-        || o.task_start_time == u32::MAX
-        || o.task_flags == u32::MAX
-    {
+    let (utime_at, maj_flt_at) = (offset(|o| &o.task_utime), offset(|o| &o.task_maj_flt));
+    let (started_at, flags_at) = (offset(|o| &o.task_start_time), offset(|o| &o.task_flags));
+    if [utime_at, maj_flt_at, started_at, flags_at].contains(&u32::MAX) {
         return;
     }
     let (Some(utime), Some(stime), Some(maj_flt)) = (
-        task_field::<u64, TYPED>(task, o.task_utime),
-        task_field::<u64, TYPED>(task, o.task_utime + 8),
-        task_field::<u64, TYPED>(task, o.task_maj_flt),
+        task_field::<u64, TYPED>(task, utime_at),
+        task_field::<u64, TYPED>(task, utime_at + 8),
+        task_field::<u64, TYPED>(task, maj_flt_at),
     ) else {
         return;
     };
@@ -633,10 +624,9 @@ fn add_task_counters<const TYPED: bool>(
     unsafe {
         if (*t).counted == 0 {
             (*t).counted = 1;
-            let started = task_field::<u64, TYPED>(task, o.task_start_time).unwrap_or(0);
+            let started = task_field::<u64, TYPED>(task, started_at).unwrap_or(0);
             let exiting = !at_exit
-                && task_field::<u32, TYPED>(task, o.task_flags).unwrap_or(PF_EXITING) & PF_EXITING
-                    != 0;
+                && task_field::<u32, TYPED>(task, flags_at).unwrap_or(PF_EXITING) & PF_EXITING != 0;
             if started < window_start() || exiting {
                 (*t).utime = utime;
                 (*t).stime = stime;
@@ -655,11 +645,11 @@ fn add_task_counters<const TYPED: bool>(
 /// The task's `sched_info.run_delay` (0 where the kernel has none).
 #[inline(always)]
 fn run_delay<const TYPED: bool>(task: *const u8) -> u64 {
-    let o = offsets();
-    if o.task_run_delay == u32::MAX {
+    let at = offset(|o| &o.task_run_delay);
+    if at == u32::MAX {
         return 0;
     }
-    task_field::<u64, TYPED>(task, o.task_run_delay).unwrap_or(0)
+    task_field::<u64, TYPED>(task, at).unwrap_or(0)
 }
 
 /// A member of a task: a plain load when `task` is BTF-typed, else a probe read (None if it
@@ -682,35 +672,37 @@ fn task_field<T: Copy, const TYPED: bool>(task: *const u8, offset: u32) -> Optio
 /// marks the wakeup.
 #[inline(always)]
 fn queued_since_wakeup<const TYPED: bool>(t: *const ThreadState, task: *const u8) -> Option<u64> {
-    let o = offsets();
-    if o.task_last_queued == u32::MAX
-        || o.task_run_delay == u32::MAX
-        || o.task_cfs_rq == u32::MAX
-        || o.cfs_rq_rq == u32::MAX
-        || o.rq_clock == u32::MAX
-    {
+    let at = [
+        offset(|o| &o.task_cfs_rq),
+        offset(|o| &o.cfs_rq_rq),
+        offset(|o| &o.task_run_delay),
+        offset(|o| &o.task_last_queued),
+        offset(|o| &o.rq_clock),
+    ];
+    if at.contains(&u32::MAX) {
         return None;
     }
+    let [cfs_rq_at, rq_at, run_delay_at, last_queued_at, clock_at] = at;
     let (run_delay, last_queued, clock) = if TYPED {
         // SAFETY: `task` is a BTF-typed `task_struct`; `se.cfs_rq` and `cfs_rq.rq` are
         // pointer members (the verifier types what they load), the rest `u64`s. A load through
         // a null pointer faults and reads zero.
         unsafe {
-            let cfs_rq = load::<*const u8>(task, o.task_cfs_rq);
-            let rq = load::<*const u8>(cfs_rq, o.cfs_rq_rq);
+            let cfs_rq = load::<*const u8>(task, cfs_rq_at);
+            let rq = load::<*const u8>(cfs_rq, rq_at);
             (
-                load::<u64>(task, o.task_run_delay),
-                load::<u64>(task, o.task_last_queued),
-                load::<u64>(rq, o.rq_clock),
+                load::<u64>(task, run_delay_at),
+                load::<u64>(task, last_queued_at),
+                load::<u64>(rq, clock_at),
             )
         }
     } else {
-        let cfs_rq = read_field::<u64>(task, o.task_cfs_rq).ok()? as *const u8;
-        let rq = read_field::<u64>(cfs_rq, o.cfs_rq_rq).ok()? as *const u8;
+        let cfs_rq = read_field::<u64>(task, cfs_rq_at).ok()? as *const u8;
+        let rq = read_field::<u64>(cfs_rq, rq_at).ok()? as *const u8;
         (
-            read_field::<u64>(task, o.task_run_delay).ok()?,
-            read_field::<u64>(task, o.task_last_queued).ok()?,
-            read_field::<u64>(rq, o.rq_clock).ok()?,
+            read_field::<u64>(task, run_delay_at).ok()?,
+            read_field::<u64>(task, last_queued_at).ok()?,
+            read_field::<u64>(rq, clock_at).ok()?,
         )
     };
     // SAFETY: `t` points at this thread's live THREADS value.

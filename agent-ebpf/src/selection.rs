@@ -87,10 +87,13 @@ static OFFSETS: Offsets = Offsets {
     task_flags: 0,
 };
 
+/// One member of `OFFSETS`: `offset(|o| &o.task_pid)`. A volatile read of that member alone:
+/// volatile so the zero initialiser is not folded, one member so a caller does not pay for all
+/// of them (reading the whole struct volatile costs a load of every member, every time).
 #[inline(always)]
-pub fn offsets() -> Offsets {
-    // SAFETY: a read of a loader-filled global; volatile so the zero initialiser is not folded.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+pub fn offset(member: impl FnOnce(&Offsets) -> &u32) -> u32 {
+    // SAFETY: a read of a loader-filled global.
+    unsafe { core::ptr::read_volatile(member(&OFFSETS)) }
 }
 
 /// Reads a `T` at `base + offset` of a kernel object. Counts a failure.

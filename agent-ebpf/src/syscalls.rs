@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 
 use crate::selection::{
-    MMAPABLE, ON_CPU, count, offsets, on_cpu, read_field, service_of, syscall_phase, syscall_task,
+    MMAPABLE, ON_CPU, count, offset, on_cpu, read_field, service_of, syscall_phase, syscall_task,
 };
 
 /// `BPF_F_NO_PREALLOC`: per-CPU hash values are allocated on first use, so memory follows the
@@ -224,12 +224,12 @@ fn finish(service: u32, packed: u64, regs: *const u8, ret: i64) {
 fn exit_without_entry(regs: *const u8, ret: i64) -> Option<u32> {
     // x86_64: clone, fork, vfork, clone3.
     const FORKS: [u64; 4] = [56, 57, 58, 435];
-    let offset = offsets().regs_orig_ax;
+    let at = offset(|o| &o.regs_orig_ax);
     // u32::MAX: a field this kernel lacks.
-    let read = if offset == u32::MAX {
+    let read = if at == u32::MAX {
         Err(())
     } else {
-        read_field::<u64>(regs, offset)
+        read_field::<u64>(regs, at)
     };
     let Ok(nr) = read else {
         count(Counter::UnmatchedExit);

@@ -123,7 +123,11 @@ enum Command {
     /// Attach only empty programs on the syscall tracepoints until interrupted: the cost floor
     /// for `cargo xtask bench`.
     #[command(hide = true)]
-    BenchFloor,
+    BenchFloor {
+        /// Attach an empty program on sched_switch only: the scheduler probe's floor.
+        #[arg(long)]
+        sched: bool,
+    },
     /// Configuration file tools.
     Config {
         #[command(subcommand)]
@@ -360,8 +364,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::BenchFloor => {
-            let _floor = crmprof::probes::load_floor()?;
+        Command::BenchFloor { sched } => {
+            let _floor = crmprof::probes::load_floor(sched)?;
             eprintln!("crmprof: measuring the floor (empty programs attached); Ctrl-C to stop");
             runtime
                 .block_on(async {

@@ -554,18 +554,22 @@ impl Probes {
     }
 }
 
-/// Loads the object and attaches only the empty floor programs on sys_enter/sys_exit: the
-/// baseline cost of having any BPF program there, for `cargo xtask bench`.
-pub fn load_floor() -> Result<Ebpf, ProbeError> {
+/// Loads the object and attaches only empty floor programs: on sys_enter/sys_exit, the baseline
+/// cost of having any BPF program there, for `cargo xtask bench`; or (`sched`) on sched_switch,
+/// the floor of the scheduler probe.
+pub fn load_floor(sched: bool) -> Result<Ebpf, ProbeError> {
     privileges::require_bpf()?;
     raise_memlock_rlimit();
     let mut ebpf = EbpfLoader::new()
         .load(EBPF_OBJECT)
         .map_err(|e| ProbeError::Load(error_chain(&e)))?;
-    for (program, tracepoint) in [
+    let syscalls = [
         (programs::FLOOR_SYS_ENTER, "sys_enter"),
         (programs::FLOOR_SYS_EXIT, "sys_exit"),
-    ] {
+    ];
+    let switch = [(programs::FLOOR_SCHED_SWITCH, "sched_switch")];
+    let floor: &[(&str, &str)] = if sched { &switch } else { &syscalls };
+    for &(program, tracepoint) in floor {
         attach_one(&mut ebpf, program, tracepoint)
             .map_err(|e| ProbeError::NothingAttached(format!("{program}: {e}")))?;
     }
