@@ -207,8 +207,9 @@ fn reason<const TYPED: bool>(call: u64, state: u64, t: *const ThreadState, task:
 /// syscall entry saved: `orig_ax` is the number, and `ax` still holds the -ENOSYS the entry put
 /// there until the call returns. A page fault also saves registers, but `ax` is then the task's
 /// own. One helper call and two plain loads (the registers are BTF-typed), once per blocking
-/// switch of a selected thread whose call the syscall probes did not see. Only the typed `sched_switch` asks: `bpf_task_pt_regs` (5.15) is newer than typed
-/// tracepoints (5.5), so a kernel that refuses those has no use for a raw variant of this.
+/// switch of a selected thread whose call the syscall probes did not see. Only the typed
+/// `sched_switch` asks: `bpf_task_pt_regs` (5.15) is newer than typed tracepoints (5.5), so a
+/// kernel that refuses those has no use for a raw variant of this.
 #[inline(always)]
 fn blocked_syscall(task: *const u8) -> Option<u32> {
     const ENOSYS: u64 = 38;
