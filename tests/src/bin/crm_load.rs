@@ -188,7 +188,29 @@ fn main() {
         }
     }
     drop(loads);
-    let _ = std::fs::remove_dir_all(&dir);
+    remove_scratch(&dir);
+}
+
+/// Removes the scratch directory (~300 MB with PostgreSQL's data) once the servers are
+/// stopped. A removal right after the stop sometimes failed — a server process still exiting
+/// writes into it — and left the directory behind, so a failure is retried for up to 10 s and
+/// then reported.
+fn remove_scratch(dir: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if std::time::Instant::now() >= deadline => {
+                eprintln!(
+                    "crm-load: could not remove {}: {e}; remove it by hand",
+                    dir.display()
+                );
+                return;
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
 }
 
 /// Every loaded BPF program's id, name, run time (ns) and run count, from bpftool.
