@@ -75,7 +75,9 @@ pub fn privileged(test: &str) -> bool {
     true
 }
 
-/// A scratch directory removed on drop.
+/// A scratch directory removed on drop. A removal right after stopping a server that used it
+/// sometimes failed (a process still exiting writes into it) and left hundreds of MiB behind,
+/// so a failure is retried for up to 10 s and then reported.
 pub struct Scratch(pub PathBuf);
 
 impl Scratch {
@@ -105,7 +107,21 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match std::fs::remove_dir_all(&self.0) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) if Instant::now() >= deadline => {
+                    eprintln!(
+                        "could not remove {}: {e}; remove it by hand",
+                        self.0.display()
+                    );
+                    return;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
     }
 }
 

@@ -32,7 +32,7 @@ use std::{
 };
 
 use integration_tests::{
-    Agent,
+    Agent, Scratch,
     servers::{self, Server},
 };
 
@@ -124,8 +124,9 @@ fn main() {
     let rounds: usize = rounds.parse().expect("ROUNDS is a number");
     let seconds: u64 = seconds.parse().expect("SECONDS is a number");
 
-    let dir = std::env::temp_dir().join(format!("crm-load-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("creating the scratch directory");
+    // Removed at the end, and at the next start if a killed run left it.
+    let scratch = Scratch::new("crm-load");
+    let dir = scratch.0.clone();
     integration_tests::sh(&format!("chmod 755 {}", dir.display()));
     let page: Vec<u8> = (0..16 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
     let loads = Loads {
@@ -187,30 +188,9 @@ fn main() {
             Err(why) => eprintln!("crm-load: no BPF statistics for {load}: {why}"),
         }
     }
+    // The servers stop before their scratch directory goes.
     drop(loads);
-    remove_scratch(&dir);
-}
-
-/// Removes the scratch directory (~300 MB with PostgreSQL's data) once the servers are
-/// stopped. A removal right after the stop sometimes failed — a server process still exiting
-/// writes into it — and left the directory behind, so a failure is retried for up to 10 s and
-/// then reported.
-fn remove_scratch(dir: &Path) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match std::fs::remove_dir_all(dir) {
-            Ok(()) => return,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-            Err(e) if std::time::Instant::now() >= deadline => {
-                eprintln!(
-                    "crm-load: could not remove {}: {e}; remove it by hand",
-                    dir.display()
-                );
-                return;
-            }
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
-        }
-    }
+    drop(scratch);
 }
 
 /// Every loaded BPF program's id, name, run time (ns) and run count, from bpftool.
