@@ -11,10 +11,12 @@
 //! `crmprof bench-floor`); `crmprof run` with its defaults profiling the three servers as
 //! configured services (`crmprof`: the load generators stand in for clients on other hosts);
 //! and the same with the syscall probes and the socket receive probe attached all the time
-//! (`crmprof-always`: `syscall_duty_cycle = 1`, `socket_receive_duty_cycle = 1`). The agent's
-//! window is the run's length and a run starts as the agent starts measuring, so each run with
-//! `crmprof` is one whole window, its first tenth with the syscall probes and the receive
-//! probe attached — as every window of a long-running agent. Each load's
+//! (`crmprof-always`: `syscall_duty_cycle = 1`, `socket_receive_duty_cycle = 1`). Every run
+//! follows one-second runs of its load that are not kept, for as long as the tracer (if any)
+//! takes to start: no run starts on an idle machine. The agent's window is the run's length,
+//! so each run with `crmprof` is one window long, at whatever phase the agent's windows stand:
+//! a tenth of it with the syscall probes and the receive probe attached and one window's
+//! collection, as any such stretch of a long-running agent. Each load's
 //! sequence starts with a warm-up run that is not kept. Many short rounds beat a few long ones
 //! here: neighbouring runs share the machine's drift. Prints one
 //! JSON line per run, `seq` its place in the round:
@@ -156,7 +158,7 @@ fn main() {
             loads.run(load);
             for (seq, config) in sequence.enumerate() {
                 eprintln!("crm-load: round {}/{rounds}, {load}, {config}", round + 1);
-                let agent = start_tracer(&crmprof, config, &dir, seconds);
+                let agent = loads.lead_in(load, || start_tracer(&crmprof, config, &dir, seconds));
                 let run = loads.run(load);
                 if let Some(agent) = agent {
                     agent.interrupt();
@@ -329,8 +331,33 @@ impl Loads {
         );
     }
 
+    /// Runs `start` (the tracer, or nothing) while the load runs in one-second runs that are
+    /// not kept, until it has returned. So every measured run starts on a machine busy with its
+    /// load right up to it, with or without probes — starting an agent takes about a second,
+    /// which used to leave the machine idle before every run with probes and never before one
+    /// without — and a run with `crmprof` starts wherever the agent's windows stand, not at the
+    /// start of its first one: being one window long, it holds one window's share of all the
+    /// agent does (its cycled probes' attached tenth, a collection) at any phase, as any stretch
+    /// of a long-running agent does.
+    fn lead_in<T: Send>(&self, load: &str, start: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            let starting = s.spawn(start);
+            loop {
+                self.run_for(load, 1);
+                if starting.is_finished() {
+                    break;
+                }
+            }
+            starting.join().expect("starting the tracer")
+        })
+    }
+
     fn run(&self, load: &str) -> Run {
-        let secs = self.seconds.to_string();
+        self.run_for(load, self.seconds)
+    }
+
+    fn run_for(&self, load: &str, seconds: u64) -> Run {
+        let secs = seconds.to_string();
         match load {
             "nginx-wrk" => {
                 let out = output(
@@ -361,7 +388,7 @@ impl Loads {
             }
             _ => {
                 // GET and SET, about `seconds` in all at ~80k requests/s each.
-                let n = (40_000 * self.seconds).to_string();
+                let n = (40_000 * seconds).to_string();
                 let out = output(
                     Command::new("redis-benchmark")
                         .args(["-p", &self.redis.port.to_string(), "-c", "50", "-n", &n])

@@ -253,13 +253,16 @@ fn report(runs: &[Run], rounds: usize, seconds: u64) -> Report {
         "Each load in {rounds} rounds of {seconds} s runs under three configurations — the \
          empty floor programs; `crmprof run` with its defaults profiling the three servers as \
          configured services (the load generators stand in for clients on other hosts), its \
-         window set to the run's length so that each run is one whole window with the syscall \
-         probes and the socket receive probe attached for its first tenth \
-         (`syscall_duty_cycle = 0.1`, `socket_receive_duty_cycle = 0.1`), as in every window \
-         of a long-running agent; and the same with them attached all the time \
+         window set to the run's length, so that each run — started wherever the agent's \
+         windows stand — holds one window's share of what it does: the syscall probes and the \
+         socket receive probe attached for a tenth of it (`syscall_duty_cycle = 0.1`, \
+         `socket_receive_duty_cycle = 0.1`) and one collection, as any stretch of a \
+         long-running agent; and the same with them attached all the time \
          (`crmprof-always`, both 1) — each run between two runs without probes, the order \
          rotated each round, after a warm-up run that is not kept (a load's first run \
-         after another load runs cold). Servers and load generators share the machine's CPUs. \
+         after another load runs cold). Every run follows one-second runs of its load, not \
+         kept, for as long as the agent takes to start (one when there is none): no run starts \
+         on an idle machine. Servers and load generators share the machine's CPUs. \
          Throughput is the median (min–max) over runs. Each ratio is a run divided by the mean \
          of the runs without probes right before and after it; the table gives the median over \
          rounds and, in brackets, its distribution-free 95% confidence interval (order \
