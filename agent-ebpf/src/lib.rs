@@ -196,6 +196,11 @@ pub struct OnCpu {
     /// The `pt_regs` of `tid`'s syscalls (the top of its own kernel stack, so unique to it),
     /// learnt at its first syscall after it switched in; 0 until then.
     pub regs: u64,
+    /// This CPU's run-queue clock when `sched_switch` last read the monotonic clock, 0 before
+    /// it has; and the monotonic clock minus it then. A switch within a millisecond of that
+    /// takes the time from the run-queue clock (`sched::switch_now`).
+    pub clock_anchor: u64,
+    pub clock_offset: u64,
 }
 
 /// Service id 0 means "not selected"; real ids start at 1.
