@@ -349,10 +349,11 @@ fn flush_pending_bytes(c: *mut OnCpu) {
     if tx == 0 && rx == 0 {
         return;
     }
-    // SAFETY: as above.
+    // SAFETY: as above. Volatile, so the two stores stay two stores: merged, they become a call
+    // to a byte-at-a-time `memset` subprogram.
     unsafe {
-        (*c).pending_tx = 0;
-        (*c).pending_rx = 0;
+        core::ptr::write_volatile(&mut (*c).pending_tx, 0);
+        core::ptr::write_volatile(&mut (*c).pending_rx, 0);
     }
     // SAFETY: as above.
     if let Some(p) = peer_stats(unsafe { &(*c).pending_peer }) {

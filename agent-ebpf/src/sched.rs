@@ -544,8 +544,9 @@ fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32, task: u64) -> u16 {
         (*c).generation = generation;
         (*c).call = call;
         (*c).peer_set = 0;
-        (*c).task = task;
-        (*c).regs = 0;
+        // Volatile: with `task` 0 (`adopt`), the two stores would merge into a `memset` call.
+        core::ptr::write_volatile(&mut (*c).task, task);
+        core::ptr::write_volatile(&mut (*c).regs, 0);
     }
     service
 }
