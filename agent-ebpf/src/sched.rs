@@ -133,22 +133,11 @@ const CLOCK_ANCHOR_NS: u64 = 1_000_000;
 /// fields, or the task is untyped, the helper.
 #[inline(always)]
 fn switch_now<const TYPED: bool>(c: *mut OnCpu, task: *const u8) -> u64 {
-    let at = [
-        offset(|o| &o.task_cfs_rq),
-        offset(|o| &o.cfs_rq_rq),
-        offset(|o| &o.rq_clock),
-    ];
-    if !TYPED || at.contains(&u32::MAX) {
+    if !TYPED {
         return now_ns();
     }
-    let [cfs_rq_at, rq_at, clock_at] = at;
-    // SAFETY: `task` is a BTF-typed `task_struct`; `se.cfs_rq` and `cfs_rq.rq` are pointer
-    // members (the verifier types what they load), `rq.clock` a `u64`. A load through a null
-    // pointer faults and reads zero.
-    let clock = unsafe {
-        let cfs_rq = load::<*const u8>(task, cfs_rq_at);
-        let rq = load::<*const u8>(cfs_rq, rq_at);
-        load::<u64>(rq, clock_at)
+    let Some(clock) = run_queue_clock::<TYPED>(task) else {
+        return now_ns();
     };
     // SAFETY: this CPU's element.
     let (anchor, offset) = unsafe { ((*c).clock_anchor, (*c).clock_offset) };
@@ -724,39 +713,16 @@ fn task_field<T: Copy, const TYPED: bool>(task: *const u8, offset: u32) -> Optio
 /// marks the wakeup.
 #[inline(always)]
 fn queued_since_wakeup<const TYPED: bool>(t: *const ThreadState, task: *const u8) -> Option<u64> {
-    let at = [
-        offset(|o| &o.task_cfs_rq),
-        offset(|o| &o.cfs_rq_rq),
+    let (run_delay_at, last_queued_at) = (
         offset(|o| &o.task_run_delay),
         offset(|o| &o.task_last_queued),
-        offset(|o| &o.rq_clock),
-    ];
-    if at.contains(&u32::MAX) {
+    );
+    if run_delay_at == u32::MAX || last_queued_at == u32::MAX {
         return None;
     }
-    let [cfs_rq_at, rq_at, run_delay_at, last_queued_at, clock_at] = at;
-    let (run_delay, last_queued, clock) = if TYPED {
-        // SAFETY: `task` is a BTF-typed `task_struct`; `se.cfs_rq` and `cfs_rq.rq` are
-        // pointer members (the verifier types what they load), the rest `u64`s. A load through
-        // a null pointer faults and reads zero.
-        unsafe {
-            let cfs_rq = load::<*const u8>(task, cfs_rq_at);
-            let rq = load::<*const u8>(cfs_rq, rq_at);
-            (
-                load::<u64>(task, run_delay_at),
-                load::<u64>(task, last_queued_at),
-                load::<u64>(rq, clock_at),
-            )
-        }
-    } else {
-        let cfs_rq = read_field::<u64>(task, cfs_rq_at).ok()? as *const u8;
-        let rq = read_field::<u64>(cfs_rq, rq_at).ok()? as *const u8;
-        (
-            read_field::<u64>(task, run_delay_at).ok()?,
-            read_field::<u64>(task, last_queued_at).ok()?,
-            read_field::<u64>(rq, clock_at).ok()?,
-        )
-    };
+    let run_delay = task_field::<u64, TYPED>(task, run_delay_at)?;
+    let last_queued = task_field::<u64, TYPED>(task, last_queued_at)?;
+    let clock = run_queue_clock::<TYPED>(task)?;
     // SAFETY: `t` points at this thread's live THREADS value.
     let before = unsafe { (*t).run_delay };
     let this_queue = if last_queued != 0 {
@@ -765,6 +731,35 @@ fn queued_since_wakeup<const TYPED: bool>(t: *const ThreadState, task: *const u8
         0
     };
     Some(run_delay.saturating_sub(before) + this_queue)
+}
+
+/// The clock of `task`'s run queue (`se.cfs_rq->rq->clock`); None where the kernel lacks the
+/// fields or a read fails. Plain loads when `task` is BTF-typed (`TYPED`), else probe reads.
+#[inline(always)]
+fn run_queue_clock<const TYPED: bool>(task: *const u8) -> Option<u64> {
+    let at = [
+        offset(|o| &o.task_cfs_rq),
+        offset(|o| &o.cfs_rq_rq),
+        offset(|o| &o.rq_clock),
+    ];
+    if at.contains(&u32::MAX) {
+        return None;
+    }
+    let [cfs_rq_at, rq_at, clock_at] = at;
+    if TYPED {
+        // SAFETY: `task` is a BTF-typed `task_struct`; `se.cfs_rq` and `cfs_rq.rq` are pointer
+        // members (the verifier types what they load), `rq.clock` a `u64`. A load through a
+        // null pointer faults and reads zero.
+        Some(unsafe {
+            let cfs_rq = load::<*const u8>(task, cfs_rq_at);
+            let rq = load::<*const u8>(cfs_rq, rq_at);
+            load::<u64>(rq, clock_at)
+        })
+    } else {
+        let cfs_rq = read_field::<u64>(task, cfs_rq_at).ok()? as *const u8;
+        let rq = read_field::<u64>(cfs_rq, rq_at).ok()? as *const u8;
+        read_field::<u64>(rq, clock_at).ok()
+    }
 }
 
 // sched:sched_wakeup and sched:sched_wakeup_new — TP_PROTO(struct task_struct *p)
