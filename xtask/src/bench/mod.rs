@@ -14,12 +14,12 @@ mod load;
 mod soak;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     fmt::Write as _,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _},
     path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
@@ -73,23 +73,114 @@ impl Config {
     }
 }
 
-/// A tracer running in the background until dropped (SIGINT, then wait).
-struct Tracer(Option<Child>);
+/// How long a tracer has to exit after SIGINT before it is killed and the bench fails: the
+/// agent's last window and bpftrace's map printing take well under a second here.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one run of the syscall loop may take before it is killed (3M calls under bpftrace
+/// take ~5 s here).
+const LOOP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Lines of a tracer's output kept for the error when it fails to stop.
+const TAIL_LINES: usize = 20;
+
+/// A tracer running in the background: stopped with [`Tracer::stop`], killed if dropped
+/// without it (an error on the way), so the bench never waits on one for ever.
+struct Tracer {
+    child: Option<Child>,
+    what: String,
+    /// The last lines it printed (stdout and stderr).
+    tail: Arc<Mutex<VecDeque<String>>>,
+}
 
 impl Tracer {
     fn pid(&self) -> u32 {
-        self.0.as_ref().map_or(0, Child::id)
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// SIGINT (as Ctrl-C would), then up to [`STOP_TIMEOUT`] for it to exit. One still
+    /// running then is a defect the bench reports: where each of its threads waits in the
+    /// kernel and what it printed last, then it is killed.
+    fn stop(self) -> anyhow::Result<()> {
+        self.stop_within(STOP_TIMEOUT)
+    }
+
+    fn stop_within(mut self, limit: Duration) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        if wait_timeout(&mut child, limit)?.is_some() {
+            return Ok(());
+        }
+        let threads = threads_of(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        let tail = self
+            .tail
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"));
+        bail!(
+            "{} did not exit within {}s of SIGINT and was killed; its threads were:\n{threads}\n\
+             its last output:\n{}",
+            self.what,
+            limit.as_secs(),
+            tail.unwrap_or_default()
+        )
     }
 }
 
 impl Drop for Tracer {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            // SAFETY: signalling our own child process.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// Waits up to `limit` for `child` to exit: its status, or `None` if it is still running.
+fn wait_timeout(child: &mut Child, limit: Duration) -> anyhow::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().context("waiting for a child process")? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Each thread of `pid`: name, state, the kernel function it waits in and its kernel stack
+/// (root reads it), for a process that does not do what it should.
+fn threads_of(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(process {pid} is gone)");
+    };
+    let mut out = String::new();
+    for task in tasks.filter_map(Result::ok) {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let stat = read("stat");
+        let state = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .next();
+        let _ = writeln!(
+            out,
+            "  thread {} ({}) state {} waiting in {}",
+            task.file_name().to_string_lossy(),
+            read("comm").trim(),
+            state.unwrap_or("?"),
+            read("wchan").trim()
+        );
+        for frame in read("stack").lines().take(8) {
+            let _ = writeln!(out, "      {frame}");
+        }
+    }
+    out
 }
 
 /// Starts `cmd` and waits until a line of its stdout or stderr contains `ready`.
@@ -122,14 +213,29 @@ fn start_tracer(mut cmd: Command, ready: &str) -> anyhow::Result<Tracer> {
             }
         });
     }
-    let tracer = Tracer(Some(child));
+    let tracer = Tracer {
+        child: Some(child),
+        what: format!("{cmd:?}"),
+        tail: Arc::default(),
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(line) if line.contains(ready) => {
-                // Keep draining so the tracer never blocks on a full pipe.
-                std::thread::spawn(move || while rx.recv().is_ok() {});
+                // Keep draining so the tracer never blocks on a full pipe, and keep its last
+                // lines for the error should it not stop.
+                let tail = Arc::clone(&tracer.tail);
+                std::thread::spawn(move || {
+                    while let Ok(line) = rx.recv() {
+                        if let Ok(mut t) = tail.lock() {
+                            if t.len() == TAIL_LINES {
+                                t.pop_front();
+                            }
+                            t.push_back(line);
+                        }
+                    }
+                });
                 return Ok(tracer);
             }
             Ok(line) => seen.push(line),
@@ -188,12 +294,29 @@ impl Tools {
 
     /// ns per getppid over `n` calls, run as LOOP_NAME.
     fn null_loop(&self, n: u64) -> anyhow::Result<f64> {
-        let out = Command::new(self.scratch.join(LOOP_NAME))
+        let mut child = Command::new(self.scratch.join(LOOP_NAME))
             .args(["syscall-loop", &n.to_string()])
-            .output()
+            .stdout(Stdio::piped())
+            .spawn()
             .context("running the syscall loop")?;
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
+        // It prints one figure at the end: the pipe never fills while we wait.
+        if wait_timeout(&mut child, LOOP_TIMEOUT)?.is_none() {
+            let threads = threads_of(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the syscall loop ({n} calls) did not finish within {}s and was killed; its \
+                 threads were:\n{threads}",
+                LOOP_TIMEOUT.as_secs()
+            );
+        }
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            stdout
+                .read_to_string(&mut out)
+                .context("reading the syscall loop's figure")?;
+        }
+        out.trim()
             .parse()
             .context("the syscall loop printed no figure")
     }
@@ -426,7 +549,7 @@ fn per_syscall(
         for config in order {
             let tracer = tools.tracer(config)?;
             let v = tools.best_null_loop(calls)?;
-            drop(tracer);
+            tracer.map(Tracer::stop).transpose()?;
             ns.entry(config).or_default().push(v);
         }
     }
@@ -457,7 +580,9 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
     } else {
         (9, 3_000_000)
     };
-    let have_bpftrace = output(Command::new("bpftrace").arg("--version")).is_some();
+    // The quick gate compares crmprof with the floor only; bpftrace's figure is for the full
+    // bench's table (and keeps a foreign tool off CI's path).
+    let have_bpftrace = !opts.quick && output(Command::new("bpftrace").arg("--version")).is_some();
     let mut configs = vec![
         Config::Baseline,
         Config::Floor,
@@ -488,18 +613,22 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
         let stats_were =
             std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
-        let mut s = BTreeMap::new();
         // The empty floor programs too: their run time is what the statistics themselves add
         // to every run.
-        for config in [Config::Selected, Config::Floor] {
-            let before = prog_ids();
-            let tracer = tools.tracer(config)?;
-            tools.null_loop(calls)?;
-            s.extend(bpf_prog_stats(&before));
-            drop(tracer);
-        }
+        let s = [Config::Selected, Config::Floor].into_iter().try_fold(
+            BTreeMap::new(),
+            |mut s, config| -> anyhow::Result<_> {
+                let before = prog_ids();
+                let tracer = tools.tracer(config)?;
+                tools.null_loop(calls)?;
+                s.extend(bpf_prog_stats(&before));
+                tracer.map(Tracer::stop).transpose()?;
+                Ok(s)
+            },
+        );
+        // Off again whatever happened: they time every program run on the host.
         let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_were.trim());
-        s
+        s?
     };
 
     eprintln!("==> bench: the agent's own cost at 100k syscalls/s");
@@ -752,7 +881,7 @@ fn own_cost(tools: &Tools, millis: u64) -> anyhow::Result<OwnCost> {
     };
     let idle = window(false)?;
     let load = window(true)?;
-    drop(tracer);
+    tracer.stop()?;
     Ok(OwnCost {
         seconds: millis / 1000,
         idle_cpu_pct: idle.0,
@@ -766,7 +895,9 @@ fn own_cost(tools: &Tools, millis: u64) -> anyhow::Result<OwnCost> {
 
 #[cfg(test)]
 mod tests {
-    use super::{median_of_sorted, stats};
+    use std::{process::Command, time::Duration};
+
+    use super::{median_of_sorted, start_tracer, stats};
 
     #[test]
     fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
@@ -774,5 +905,38 @@ mod tests {
         assert_eq!(median_of_sorted(&[1.0, 2.0, 7.0]), 2.0);
         assert_eq!(median_of_sorted(&[1.0, 2.0, 4.0, 9.0]), 3.0);
         assert_eq!(stats(&[9.0, 1.0, 4.0, 2.0]), (1.0, 3.0, 9.0));
+    }
+
+    #[test]
+    fn a_tracer_that_ignores_sigint_is_killed_and_reported() -> anyhow::Result<()> {
+        let mut cmd = Command::new("sh");
+        cmd.args([
+            "-c",
+            "trap '' INT; echo ready; echo last words; exec sleep 60",
+        ]);
+        let tracer = start_tracer(cmd, "ready")?;
+        let pid = tracer.pid();
+        let Err(error) = tracer.stop_within(Duration::from_secs(1)) else {
+            anyhow::bail!("sleep ignores SIGINT, yet the tracer stopped");
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("did not exit within 1s of SIGINT"),
+            "{error}"
+        );
+        assert!(error.contains("(sleep) state S"), "{error}");
+        assert!(error.contains("last words"), "{error}");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "killed and reaped"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_tracer_that_exits_on_sigint_stops_cleanly() -> anyhow::Result<()> {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo ready; exec sleep 60"]);
+        start_tracer(cmd, "ready")?.stop()
     }
 }

@@ -62,7 +62,7 @@ pub fn measure(tools: &Tools, minutes: u64) -> anyhow::Result<Report> {
         }
     }
     let _ = load.wait();
-    drop(tracer);
+    tracer.stop()?;
 
     let warm = WARM_UP.as_secs_f64() / 60.0;
     let after_warm: Vec<&(f64, f64, f64)> = samples.iter().filter(|s| s.0 >= warm).collect();
