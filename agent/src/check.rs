@@ -160,7 +160,7 @@ pub fn run(btf_path: &Path) -> Report {
             report_listens: false,
             max_threads: 1024,
             max_services: 16,
-            syscall_sample: 8,
+            syscall_sample: 32,
             disabled: &[],
         }) {
             Ok(probes) => {

@@ -244,12 +244,16 @@ pub fn judge(i: &Inputs<'_>) -> Bottleneck {
         "lock" => {
             let futex = syscall(s, &["futex", "futex_wait", "futex_waitv"]);
             if let Some(f) = futex {
-                evidence.push(format!(
-                    "futex: {} calls, p99 {}, {} in total",
-                    f.count,
-                    duration(f.p99_ns),
-                    duration(f.total_ns)
-                ));
+                evidence.push(if f.timed == 0 {
+                    format!("futex: {} calls, none of them timed", f.count)
+                } else {
+                    format!(
+                        "futex: {} calls, p99 {}, {} in total",
+                        f.count,
+                        duration(f.p99_ns),
+                        duration(f.total_ns)
+                    )
+                });
             }
             verdict(
                 "software",
@@ -266,12 +270,11 @@ pub fn judge(i: &Inputs<'_>) -> Bottleneck {
         }
         "sleep" => {
             if let Some(n) = syscall(s, &["clock_nanosleep", "nanosleep"]) {
-                evidence.push(format!(
-                    "{}: {} calls, p50 {}",
-                    n.name,
-                    n.count,
-                    duration(n.p50_ns)
-                ));
+                evidence.push(if n.timed == 0 {
+                    format!("{}: {} calls, none of them timed", n.name, n.count)
+                } else {
+                    format!("{}: {} calls, p50 {}", n.name, n.count, duration(n.p50_ns))
+                });
             }
             verdict(
                 "software",

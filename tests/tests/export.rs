@@ -191,7 +191,7 @@ fn prometheus_receives_remote_write_and_scrapes_metrics() {
     let config = write_config(
         &scratch,
         &format!(
-            "interval = \"1s\"\nsyscall_duty_cycle = 1\ndata_dir = \"{}\"\n[export]\nretry_initial = \"100ms\"\n\
+            "interval = \"1s\"\nsyscall_duty_cycle = 1\nsyscall_sample = 8\ndata_dir = \"{}\"\n[export]\nretry_initial = \"100ms\"\n\
              retry_max = \"1s\"\n[export.prometheus]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
              [export.remote_write]\nurl = \"http://127.0.0.1:{}/api/v1/write\"\n",
             data.display(),
@@ -224,7 +224,8 @@ fn prometheus_receives_remote_write_and_scrapes_metrics() {
         buckets,
     } = truth(&docs, &name, "clock_nanosleep");
     assert_eq!(count, 200, "the profiles counted every sleep");
-    // One in 8 timed (the default syscall_sample): at least 5 of 200 but for a 1-in-10^6 fluke.
+    // One in 8 timed (syscall_sample = 8, set above: enough timed calls out of 200 for the
+    // histogram to compare): at least 5 of 200 but for a 1-in-10^6 fluke.
     assert!((5..=80).contains(&timed), "{timed} of 200 sleeps timed");
 
     let sel = format!("job=\"crmprof\",service=\"{name}\",syscall=\"clock_nanosleep\"");
@@ -419,7 +420,7 @@ fn otlp_export_decodes_into_metrics_and_logs() {
     let config = write_config(
         &scratch,
         &format!(
-            "interval = \"1s\"\nsyscall_duty_cycle = 1\ndata_dir = \"{}\"\n[export.prometheus]\nenabled = false\n\
+            "interval = \"1s\"\nsyscall_duty_cycle = 1\nsyscall_sample = 8\ndata_dir = \"{}\"\n[export.prometheus]\nenabled = false\n\
              [export.otlp]\nurl = \"http://127.0.0.1:{}\"\nbearer_token_file = \"{}\"\n\
              headers = {{ \"X-Scope-OrgID\" = \"tenant-7\" }}\n",
             data.display(),

@@ -30,7 +30,8 @@ fn profile_as_nobody_with_bpf_and_perfmon_only() {
     if !privileged("profile_as_nobody_with_bpf_and_perfmon_only") {
         return;
     }
-    const N: u64 = 100;
+    // Enough that the default sample (one in 32) times some: 25 expected.
+    const N: u64 = 800;
     let scratch = Scratch::new("lp-comm");
     let name = format!("lpc-{}", std::process::id() % 100_000);
     let agent = Agent::start_command(crmprof_as_nobody(&["bpf", "perfmon"]).args([
