@@ -162,6 +162,14 @@ pub fn selection_generation() -> u64 {
 #[inline(always)]
 pub fn on_cpu() -> Option<*mut OnCpu> {
     let c = ON_CPU.get_ptr_mut(0)?;
+    refresh_service(c);
+    Some(c)
+}
+
+/// Re-reads the service of `c`'s task (from the cached tgid: no helper call) when the
+/// selection changed since it was cached. `c`: this CPU's `ON_CPU`.
+#[inline(always)]
+pub fn refresh_service(c: *mut OnCpu) {
     let generation = selection_generation();
     // SAFETY: this CPU's element; the program runs with migration disabled.
     unsafe {
@@ -170,7 +178,6 @@ pub fn on_cpu() -> Option<*mut OnCpu> {
             (*c).generation = generation;
         }
     }
-    Some(c)
 }
 
 /// This CPU's `ON_CPU`, made to name the task in this syscall. `regs` (the syscall's

@@ -28,7 +28,8 @@ use aya_ebpf::{
 };
 
 use crate::selection::{
-    MMAPABLE, ON_CPU, count, offset, on_cpu, read_field, service_of, syscall_phase, syscall_task,
+    MMAPABLE, ON_CPU, count, offset, read_field, refresh_service, service_of, syscall_phase,
+    syscall_task,
 };
 
 /// `BPF_F_NO_PREALLOC`: per-CPU hash values are allocated on first use, so memory follows the
@@ -106,8 +107,8 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn try_sys_exit(ctx: &RawTracePointContext) -> Result<(), ()> {
-    syscall_task(ctx.arg(0)).ok_or(())?;
-    let c = on_cpu().ok_or(())?;
+    let c = syscall_task(ctx.arg(0)).ok_or(())?;
+    refresh_service(c);
     // SAFETY: as in sys_enter.
     let (service, packed) = unsafe { ((*c).service, core::mem::replace(&mut (*c).call, 0)) };
     if service != u32::from(NO_SERVICE) {
