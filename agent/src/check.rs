@@ -4,10 +4,13 @@ use std::{fmt::Write as _, path::Path};
 
 use serde::Serialize;
 
-use crate::probes::{
-    LoadOptions, Probes,
-    btf::offsets,
-    privileges::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE, SYS_PTRACE_USE},
+use crate::{
+    config::DEFAULT_SYSCALL_SAMPLE,
+    probes::{
+        LoadOptions, Probes,
+        btf::offsets,
+        privileges::{self, CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, CAP_SYS_PTRACE, SYS_PTRACE_USE},
+    },
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -160,7 +163,7 @@ pub fn run(btf_path: &Path) -> Report {
             report_listens: false,
             max_threads: 1024,
             max_services: 16,
-            syscall_sample: 32,
+            syscall_sample: DEFAULT_SYSCALL_SAMPLE,
             disabled: &[],
         }) {
             Ok(probes) => {

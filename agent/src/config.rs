@@ -13,6 +13,10 @@ use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
+/// The default `syscall_sample` (see [`Config::syscall_sample`]), which `crmprof check` also
+/// loads the probes with.
+pub const DEFAULT_SYSCALL_SAMPLE: u32 = 32;
+
 /// `crmprof.toml`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -262,7 +266,7 @@ impl Default for Config {
             data_dir: PathBuf::from("/var/lib/crmprof"),
             max_services: 256,
             max_threads: 16384,
-            syscall_sample: 32,
+            syscall_sample: DEFAULT_SYSCALL_SAMPLE,
             syscall_duty_cycle: 0.1,
             socket_receive_duty_cycle: 0.1,
             disable_groups: Vec::new(),

@@ -112,9 +112,7 @@ impl Tracer {
         if wait_timeout(&mut child, limit)?.is_some() {
             return Ok(());
         }
-        let threads = threads_of(child.id());
-        let _ = child.kill();
-        let _ = child.wait();
+        let threads = kill_describing(&mut child);
         let tail = self
             .tail
             .lock()
@@ -150,6 +148,15 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> anyhow::Result<Option<Exi
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Kills `child`, still running past its limit, and reaps it: where each of its threads
+/// waited, read just before.
+fn kill_describing(child: &mut Child) -> String {
+    let threads = threads_of(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    threads
 }
 
 /// Each thread of `pid`: name, state, the kernel function it waits in and its kernel stack
@@ -301,9 +308,7 @@ impl Tools {
             .context("running the syscall loop")?;
         // It prints one figure at the end: the pipe never fills while we wait.
         if wait_timeout(&mut child, LOOP_TIMEOUT)?.is_none() {
-            let threads = threads_of(child.id());
-            let _ = child.kill();
-            let _ = child.wait();
+            let threads = kill_describing(&mut child);
             bail!(
                 "the syscall loop ({n} calls) did not finish within {}s and was killed; its \
                  threads were:\n{threads}",
