@@ -533,18 +533,24 @@ pub fn sh(cmd: &str) {
     );
 }
 
+/// The first line of /proc/stat (all CPUs), in ticks: user, nice, system, idle, iowait, irq,
+/// softirq, steal, guest, guest_nice.
+pub fn cpu_ticks() -> Vec<u64> {
+    std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect()
+}
+
 /// Fraction of all CPUs busy over `over`, from /proc/stat.
 pub fn cpu_busy(over: std::time::Duration) -> f64 {
     let sample = || -> (u64, u64) {
-        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-        let v: Vec<u64> = stat
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .split_whitespace()
-            .skip(1)
-            .filter_map(|x| x.parse().ok())
-            .collect();
+        let v = cpu_ticks();
         let total: u64 = v.iter().take(8).sum();
         let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
         (total - idle, total)

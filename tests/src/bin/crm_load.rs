@@ -22,7 +22,9 @@
 //! JSON line per run, `seq` its place in the round:
 //! `{"load":…,"what":…,"config":…,"round":…,"seq":…,"throughput":…,"p99_ms":…}`. Then one
 //! more run per load with `crmprof` and the kernel's BPF statistics on (bpftool), not in the
-//! ratios: `{"load":…,"config":"programs","seconds":…,"programs":{NAME:[RUN_TIME_NS,RUNS],…}}`.
+//! ratios, with the CPU time the machine and the agent's process spent meanwhile:
+//! `{"load":…,"config":"programs","seconds":…,"busy_cpu_s":…,"agent_cpu_s":…,
+//! "programs":{NAME:[RUN_TIME_NS,RUNS],…}}`.
 #![expect(
     clippy::expect_used,
     reason = "a bench driver: a failure is a message and exit"
@@ -176,13 +178,19 @@ fn main() {
     for load in &names {
         eprintln!("crm-load: {load}, crmprof with the kernel's BPF statistics");
         match program_stats(&crmprof, &dir, seconds, || loads.run(load)) {
-            Ok((elapsed, programs)) => {
+            Ok(ProgramsRun {
+                elapsed,
+                busy_cpu_s,
+                agent_cpu_s,
+                programs,
+            }) => {
                 let programs: Vec<String> = programs
                     .iter()
                     .map(|(name, (ns, runs))| format!("\"{name}\":[{ns},{runs}]"))
                     .collect();
                 println!(
                     "{{\"load\":\"{load}\",\"config\":\"programs\",\"seconds\":{elapsed:.3},\
+                     \"busy_cpu_s\":{busy_cpu_s:.3},\"agent_cpu_s\":{agent_cpu_s:.6},\
                      \"programs\":{{{}}}}}",
                     programs.join(",")
                 );
@@ -225,14 +233,25 @@ fn bpf_programs() -> Result<Vec<(u64, String, u64, u64)>, String> {
 /// Per program name: run time (ns) and runs.
 type ProgramRuns = std::collections::BTreeMap<String, (u64, u64)>;
 
-/// Runs `load` under `crmprof run` (defaults) with the kernel's BPF statistics on: how long it
-/// took (s) and, per program of that agent, the run time and runs it added.
+/// A load's run under `crmprof run` with the kernel's BPF statistics on.
+struct ProgramsRun {
+    /// How long the load ran, s.
+    elapsed: f64,
+    /// CPU time the whole machine spent meanwhile (not idle, not stolen), s.
+    busy_cpu_s: f64,
+    /// CPU time the agent's process spent meanwhile, s.
+    agent_cpu_s: f64,
+    /// Per program of that agent, the run time and runs the load added.
+    programs: ProgramRuns,
+}
+
+/// Runs `load` under `crmprof run` (defaults) with the kernel's BPF statistics on.
 fn program_stats(
     crmprof: &Path,
     dir: &Path,
     seconds: u64,
     load: impl FnOnce() -> Run,
-) -> Result<(f64, ProgramRuns), String> {
+) -> Result<ProgramsRun, String> {
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before: Vec<u64> = bpf_programs()?.iter().map(|p| p.0).collect();
     let agent = start_tracer(crmprof, "crmprof", dir, seconds);
@@ -245,10 +264,13 @@ fn program_stats(
     let stats_were = std::fs::read_to_string(STATS).unwrap_or_default();
     std::fs::write(STATS, "1").map_err(|e| format!("enabling {STATS}: {e}"))?;
     let result = (|| {
+        let agent_pid = agent.as_ref().map_or(0, |a| a.child.id());
         let start = ours()?;
+        let (busy0, agent0) = (machine_busy_ticks(), process_cpu_ns(agent_pid));
         let clock = std::time::Instant::now();
         load();
         let elapsed = clock.elapsed().as_secs_f64();
+        let (busy1, agent1) = (machine_busy_ticks(), process_cpu_ns(agent_pid));
         let end = ours()?;
         let added = end
             .into_iter()
@@ -261,13 +283,46 @@ fn program_stats(
             })
             .filter(|(_, (_, runs))| *runs > 0)
             .collect();
-        Ok((elapsed, added))
+        Ok(ProgramsRun {
+            elapsed,
+            busy_cpu_s: busy1.saturating_sub(busy0) as f64 / TICKS_PER_S,
+            agent_cpu_s: agent1.saturating_sub(agent0) as f64 / 1e9,
+            programs: added,
+        })
     })();
     let _ = std::fs::write(STATS, stats_were.trim());
     if let Some(agent) = agent {
         agent.interrupt();
     }
     result
+}
+
+/// USER_HZ, the unit of /proc's CPU times (100 on every Linux architecture this runs on).
+const TICKS_PER_S: f64 = 100.0;
+
+/// CPU time all CPUs spent busy so far, in ticks: /proc/stat's first line without idle, iowait
+/// and steal.
+fn machine_busy_ticks() -> u64 {
+    let v = integration_tests::cpu_ticks();
+    let at = |i: usize| v.get(i).copied().unwrap_or(0);
+    // user, nice, system, irq, softirq.
+    at(0) + at(1) + at(2) + at(5) + at(6)
+}
+
+/// CPU time all threads of process `pid` spent so far, in ns, from each thread's schedstat
+/// (ns, where /proc/PID/stat counts 10 ms ticks: the agent spends a few ms in a run); 0 for
+/// pid 0 or a process that is gone.
+fn process_cpu_ns(pid: u32) -> u64 {
+    if pid == 0 {
+        return 0;
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The `crmprof` configuration's services: the three servers (PostgreSQL's backends are

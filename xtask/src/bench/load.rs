@@ -40,6 +40,24 @@ pub struct Report {
     pub missed: Vec<String>,
 }
 
+/// What one program run costs beyond what the kernel's BPF statistics say, from the
+/// per-syscall bench: the statistics time a run (an empty program reads `stats_ns` with them
+/// on) but not the tracepoint's call into it (`call_ns`: half the floor's added cost per
+/// syscall, without them).
+#[derive(Clone, Copy)]
+pub struct Accounting {
+    pub call_ns: f64,
+    pub stats_ns: f64,
+}
+
+impl Accounting {
+    /// A program's cost per run without the statistics: its average with them, less what they
+    /// add, plus the call into it.
+    fn per_run_ns(self, average_ns: f64) -> f64 {
+        (average_ns - self.stats_ns).max(0.0) + self.call_ns
+    }
+}
+
 /// Runs `crm-load` and reports its runs; every run, as it printed it, is also kept in `raw`.
 pub fn measure(
     crm_load: &Path,
@@ -47,6 +65,7 @@ pub fn measure(
     rounds: usize,
     seconds: u64,
     raw: &Path,
+    accounting: Option<Accounting>,
 ) -> anyhow::Result<Report> {
     eprintln!(
         "==> bench: realistic loads, {rounds} rounds of {seconds} s runs (each with probes \
@@ -83,7 +102,7 @@ pub fn measure(
         });
     }
     let mut report = report(&runs, rounds, seconds);
-    program_section(&mut report.markdown, &programs);
+    program_section(&mut report.markdown, &programs, accounting);
     Ok(report)
 }
 
@@ -91,6 +110,9 @@ pub fn measure(
 struct ProgramStats {
     load: String,
     seconds: f64,
+    /// CPU time the whole machine, and the agent's process, spent during the run (s).
+    busy_cpu_s: f64,
+    agent_cpu_s: f64,
     /// Program name → (run time ns, runs).
     programs: Vec<(String, u64, u64)>,
 }
@@ -111,14 +133,17 @@ impl ProgramStats {
         Self {
             load: v["load"].as_str().unwrap_or_default().to_owned(),
             seconds: v["seconds"].as_f64().unwrap_or(0.0),
+            busy_cpu_s: v["busy_cpu_s"].as_f64().unwrap_or(0.0),
+            agent_cpu_s: v["agent_cpu_s"].as_f64().unwrap_or(0.0),
             programs,
         }
     }
 }
 
 /// Per program and load: runs per second, average run time and share of one CPU, busiest
-/// first — which program a realistic load's cost comes from.
-fn program_section(md: &mut String, stats: &[ProgramStats]) {
+/// first — which program a realistic load's cost comes from; then, given the per-run costs
+/// the statistics leave out, all of crmprof's cost as a share of the CPU the run used.
+fn program_section(md: &mut String, stats: &[ProgramStats], accounting: Option<Accounting>) {
     if stats.is_empty() {
         return;
     }
@@ -165,7 +190,53 @@ fn program_section(md: &mut String, stats: &[ProgramStats]) {
             format!("{:.2}%", ns as f64 / (s.seconds * 1e7).max(1e-9))
         })
         .collect();
-    let _ = writeln!(md, "| all | {} |\n", totals.join(" | "));
+    let _ = writeln!(md, "| all | {} |", totals.join(" | "));
+    let Some(accounting) = accounting else {
+        md.push('\n');
+        return;
+    };
+    let row = |md: &mut String, label: &str, cell: &dyn Fn(&ProgramStats) -> String| {
+        let cells: Vec<String> = stats.iter().map(cell).collect();
+        let _ = writeln!(md, "| {label} | {} |", cells.join(" | "));
+    };
+    // ns of CPU the programs took without the statistics, calls into them included.
+    let programs_ns = |s: &ProgramStats| -> f64 {
+        s.programs
+            .iter()
+            .filter(|(_, _, runs)| *runs > 0)
+            .map(|(_, ns, runs)| *runs as f64 * accounting.per_run_ns(*ns as f64 / *runs as f64))
+            .sum()
+    };
+    let share = |ns: f64, s: &ProgramStats| ns / (s.seconds * 1e7).max(1e-9);
+    row(md, "all, without the statistics, calls included", &|s| {
+        format!("{:.2}%", share(programs_ns(s), s))
+    });
+    row(md, "the agent's process", &|s| {
+        format!("{:.2}%", share(s.agent_cpu_s * 1e9, s))
+    });
+    row(md, "**crmprof ÷ the CPU the run used**", &|s| {
+        let used = s.busy_cpu_s * 1e9;
+        if used <= 0.0 {
+            return "—".to_owned();
+        }
+        format!(
+            "**{:.1}%** of {:.2} CPUs",
+            (programs_ns(s) + s.agent_cpu_s * 1e9) / used * 100.0,
+            s.busy_cpu_s / s.seconds.max(1e-9)
+        )
+    });
+    let _ = writeln!(
+        md,
+        "\nThe last rows account for crmprof's whole cost in that run: each program's runs × \
+         (its average, less the {:.0} ns the statistics add to a run, plus the {:.0} ns the \
+         tracepoint's call into a program costs — half the floor's added cost per syscall), \
+         then the agent's own CPU time; last, their sum ÷ the CPU time the machine spent busy \
+         during the run (/proc/stat, which leaves out what the host takes unseen). That share is \
+         what a load keeping every CPU busy loses in throughput to crmprof's own work; what it \
+         leaves out is the programs' effect on caches and timing. It is exact where the \
+         throughput ratios above are not: counters, not the host's speed.\n",
+        accounting.stats_ns, accounting.call_ns
+    );
 }
 
 /// A configuration's runs, each divided by the mean of the runs without probes right before
@@ -355,7 +426,7 @@ fn report(runs: &[Run], rounds: usize, seconds: u64) -> Report {
 
 #[cfg(test)]
 mod tests {
-    use super::{Median, ProgramStats, program_section};
+    use super::{Accounting, Median, ProgramStats, program_section};
 
     #[test]
     fn programs_are_listed_busiest_first_with_rate_average_and_share() {
@@ -364,7 +435,7 @@ mod tests {
             "programs": {"sched_wakeup": [2_000_000, 10_000], "sock_send_length": [40_000_000, 200_000]}
         });
         let mut md = String::new();
-        program_section(&mut md, &[ProgramStats::from_json(&line)]);
+        program_section(&mut md, &[ProgramStats::from_json(&line)], None);
         let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| s")).collect();
         assert_eq!(
             rows,
@@ -374,6 +445,31 @@ mod tests {
             ]
         );
         assert!(md.contains("| all | 2.10% |"), "{md}");
+    }
+
+    #[test]
+    fn the_whole_cost_is_programs_without_statistics_plus_the_agent_over_the_cpu_used() {
+        let line = serde_json::json!({
+            "load": "redis-get-set", "config": "programs", "seconds": 2.0,
+            "busy_cpu_s": 3.0, "agent_cpu_s": 0.02,
+            "programs": {"sched_wakeup": [2_000_000, 10_000], "sock_send_length": [40_000_000, 200_000]}
+        });
+        let mut md = String::new();
+        let accounting = Accounting {
+            call_ns: 20.0,
+            stats_ns: 40.0,
+        };
+        program_section(&mut md, &[ProgramStats::from_json(&line)], Some(accounting));
+        // Each run 200 - 40 + 20 = 180 ns: 210,000 runs are 37.8 ms of 2 s.
+        assert!(
+            md.contains("| all, without the statistics, calls included | 1.89% |"),
+            "{md}"
+        );
+        assert!(md.contains("| the agent's process | 1.00% |"), "{md}");
+        // (37.8 ms + 20 ms) ÷ 3 s busy.
+        assert!(md.contains("| **1.9%** of 1.50 CPUs |"), "{md}");
+        // A program faster than the statistics' own time costs its call, not less.
+        assert!((accounting.per_run_ns(10.0) - 20.0).abs() < 1e-9);
     }
 
     #[test]
