@@ -233,8 +233,8 @@ fn program_section(md: &mut String, stats: &[ProgramStats], accounting: Option<A
          then the agent's own CPU time; last, their sum ÷ the CPU time the machine spent busy \
          during the run (/proc/stat, which leaves out what the host takes unseen). That share is \
          what a load keeping every CPU busy loses in throughput to crmprof's own work; what it \
-         leaves out is the programs' effect on caches and timing. It is exact where the \
-         throughput ratios above are not: counters, not the host's speed.\n",
+         leaves out is the programs' effect on caches and timing. It comes from counters of \
+         one run, so the host's drift moves it far less than the throughput ratios above.\n",
         accounting.stats_ns, accounting.call_ns
     );
 }
