@@ -547,9 +547,14 @@ impl SyscallCost {
         stats(&over).1
     }
 
+    /// This machine's floor: the median over rounds of its added ns per call.
+    fn floor_ns(&self) -> f64 {
+        stats(&self.added(Config::Floor)).1
+    }
+
     /// The noise margin in ns: the ratios' margin times this machine's floor.
     fn margin_ns(&self) -> f64 {
-        self.margin * stats(&self.added(Config::Floor)).1
+        self.margin * self.floor_ns()
     }
 
     /// The targets this measurement misses by more than its noise explains: the ratio above
@@ -701,7 +706,7 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
             .get(FLOOR_PROGRAM)
             .filter(|(_, runs)| *runs > 0)
             .map(|(ns, runs)| load::Accounting {
-                call_ns: stats(&cost.added(Config::Floor)).1 / 2.0,
+                call_ns: cost.floor_ns() / 2.0,
                 stats_ns: *ns as f64 / *runs as f64,
             });
         let r = load::measure(&crm_load, &tools.crmprof, 20, 2, &raw, accounting)?;
@@ -831,7 +836,7 @@ fn syscall_section(
         cost.unselected,
         cost.over_floor_ns(Config::Unselected),
         (TARGET_UNSELECTED - 1.0) * REFERENCE_FLOOR_NS,
-        stats(&cost.added(Config::Floor)).1,
+        cost.floor_ns(),
         cost.noise * 100.0,
         cost.margin * 100.0,
         MIN_MARGIN * 100.0,
