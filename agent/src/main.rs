@@ -64,6 +64,11 @@ enum Command {
         /// No live summary on stdout.
         #[arg(long, short)]
         quiet: bool,
+        /// For `cargo xtask bench` only: detach every measuring probe and attach it again in
+        /// turn, each state this long, logging when (cycled probes attach only while their
+        /// duty cycle has them on).
+        #[arg(long, value_parser = parse_duration, hide = true)]
+        bench_toggle: Option<Duration>,
     },
     /// List the services discovery finds and which rule matched each (no probes loaded).
     Services {
@@ -278,6 +283,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             interval,
             quiet,
+            bench_toggle,
         } => {
             let mut config = load_config(config.as_ref())?;
             if let Some(btf) = cli.btf {
@@ -288,6 +294,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 data_dir: data_dir.unwrap_or_else(|| config.data_dir.clone()),
                 live: !quiet,
                 export: config.export.clone(),
+                bench_toggle,
             };
             let opts = Options {
                 selection: Selection::Discover,

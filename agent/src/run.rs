@@ -181,12 +181,33 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
+/// Waits for the interval's next tick, or forever when there is none.
+async fn tick_some(interval: Option<&mut tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Wall-clock time, ns since the epoch: what load generators' logs are stamped with.
+fn epoch_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
 pub struct DaemonOptions {
     pub interval: Duration,
     pub data_dir: PathBuf,
     /// Print the per-service summary to stdout every interval.
     pub live: bool,
     pub export: ExportConfig,
+    /// `--bench-toggle`: the measuring probes detached and attached again in turn, each state
+    /// this long (cycled probes only while their duty cycle has them on), each change logged with its wall-clock start and end
+    /// (ns since the epoch) as `bench toggle: probes on|off START END`.
+    pub bench_toggle: Option<Duration>,
 }
 
 /// Runs until SIGINT or SIGTERM; the last, partial window is exported before exiting (remote
@@ -205,6 +226,12 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
     let mut window = interval_at(Instant::now() + daemon.interval, daemon.interval);
     window.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut cycles = duty_cycles(&mut collector, &opts.config, daemon.interval);
+    let mut toggle = daemon.bench_toggle.map(|period| {
+        let mut t = interval_at(Instant::now() + period, period);
+        t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        t
+    });
+    let mut paused = false;
     let mut drain = interval_at(Instant::now() + EVENT_DRAIN_PERIOD, EVENT_DRAIN_PERIOD);
     drain.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
@@ -223,13 +250,32 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
                 }
                 continue;
             }
+            () = tick_some(toggle.as_mut()) => {
+                let start = epoch_ns();
+                if paused {
+                    let off: Vec<Cycled> =
+                        cycles.iter().filter(|c| c.off_at.is_none()).map(|c| c.which).collect();
+                    collector.probes.resume(&off)?;
+                } else {
+                    collector.probes.pause()?;
+                }
+                paused = !paused;
+                let state = if paused { "off" } else { "on" };
+                log::info!("bench toggle: probes {state} {start} {}", epoch_ns());
+                continue;
+            }
             _ = interrupt.recv() => true,
             _ = terminate.recv() => true,
         };
         let profile = collector.collect()?;
-        // The next window starts with every cycled probe attached.
+        // The next window starts with every cycled probe attached (while the bench toggle
+        // has every probe off, at the toggle's next resume).
         for cycle in cycles.iter_mut() {
             if last || !collector.probes.cyclable(cycle.which) {
+                continue;
+            }
+            if paused {
+                cycle.off_at = Some(Instant::now() + cycle.on);
                 continue;
             }
             match collector.probes.cycle_on(cycle.which) {

@@ -58,3 +58,95 @@ fn run_appends_a_profile_per_interval() {
     let mode = std::fs::metadata(&file).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "profiles are private to the agent's user");
 }
+
+/// `crmprof run --bench-toggle 300ms` (for `cargo xtask bench`'s toggled comparison): every
+/// measuring probe comes off and goes back on in turn — the agent's BPF links, read from its
+/// file descriptors every 20 ms for 3 s, take exactly two values, the process group's three
+/// alone and every group's — and each change is logged, off and on in turn, 200–450 ms apart
+/// (300 ms, give or take the agent's timer on a busy host).
+#[test]
+fn bench_toggle_detaches_every_measuring_probe_and_attaches_it_again() {
+    if !privileged("bench_toggle_detaches_every_measuring_probe_and_attaches_it_again") {
+        return;
+    }
+    let scratch = Scratch::new("toggle");
+    let conf = scratch.0.join("toggle.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "syscall_duty_cycle = 1\nsocket_receive_duty_cycle = 1\ndata_dir = \"{}\"\n\
+             [export.prometheus]\nenabled = false\n",
+            scratch.0.join("data").display()
+        ),
+    )
+    .expect("writing the config");
+    let conf = conf.to_str().expect("UTF-8 path");
+    let agent = Agent::start(&[
+        "run",
+        "--quiet",
+        "--config",
+        conf,
+        "--bench-toggle",
+        "300ms",
+    ]);
+    let pid = agent.child.id();
+    let mut seen: std::collections::BTreeMap<usize, u32> = std::collections::BTreeMap::new();
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    while std::time::Instant::now() < until {
+        *seen.entry(links_of(pid)).or_default() += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, stderr) = agent.interrupt();
+    // A sample may land inside a change (about a millisecond in 300): only counts seen in at
+    // least five samples are states.
+    let states: Vec<usize> = seen
+        .iter()
+        .filter(|&(_, &n)| n >= 5)
+        .map(|(&links, _)| links)
+        .collect();
+    assert_eq!(
+        states.len(),
+        2,
+        "link counts seen (count: samples): {seen:?}"
+    );
+    assert_eq!(
+        states[0], 3,
+        "detached, only the process group's links: {seen:?}"
+    );
+    assert!(
+        states[1] >= 3 + 8,
+        "attached, every group's links: {seen:?}"
+    );
+    let changes: Vec<(String, u64, u64)> = stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("bench toggle: probes ").nth(1)?;
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            Some((w[0].to_owned(), w[1].parse().ok()?, w[2].parse().ok()?))
+        })
+        .collect();
+    assert!(changes.len() >= 8, "changes logged: {changes:?}");
+    for (i, (state, start, end)) in changes.iter().enumerate() {
+        let expected = if i % 2 == 0 { "off" } else { "on" };
+        assert_eq!(state, expected, "change {i}: {changes:?}");
+        assert!(start <= end, "change {i}: {changes:?}");
+        if i > 0 {
+            let apart_ms = (start - changes[i - 1].1) / 1_000_000;
+            assert!(
+                (200..=450).contains(&apart_ms),
+                "changes {} and {i} {apart_ms} ms apart: {changes:?}",
+                i - 1
+            );
+        }
+    }
+}
+
+/// The BPF links process `pid` holds, from its file descriptors' fdinfo.
+fn links_of(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    fds.filter_map(|fd| std::fs::read_to_string(fd.ok()?.path()).ok())
+        .filter(|info| info.contains("link_id:"))
+        .count()
+}

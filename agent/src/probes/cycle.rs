@@ -66,7 +66,8 @@ pub struct Attached {
 /// over from an earlier one), and a flag map tells the other programs whether these run
 /// (`ON_CPU_KEPT`, `RECEIVES_SEEN`): 1 only once all are attached, 0 before any is detached.
 pub struct Cycle {
-    which: Cycled,
+    /// What the programs are, in messages.
+    what: &'static str,
     programs: Vec<(&'static str, &'static str)>,
     links: Vec<Link>,
     flag: Option<&'static str>,
@@ -85,11 +86,12 @@ impl Cycle {
         Ok(1)
     }
 
-    /// Programs as [`super::Probes::load`] attached them at `now`. `flag`: the map set to 1
-    /// while they run; `phase`: the number of this attach, for the syscall probes.
+    /// Programs as [`super::Probes::load`] attached them at `now`; `what` they are, in
+    /// messages. `flag`: the map set to 1 while they run; `phase`: the number of this attach,
+    /// for the syscall probes.
     pub fn attached(
         ebpf: &mut Ebpf,
-        which: Cycled,
+        what: &'static str,
         attached: Vec<Attached>,
         flag: Option<&'static str>,
         phase: Option<u32>,
@@ -103,7 +105,7 @@ impl Cycle {
             .map(|a| ((a.program, a.tracepoint), a.link))
             .unzip();
         Ok(Self {
-            which,
+            what,
             programs,
             links,
             flag,
@@ -129,7 +131,7 @@ impl Cycle {
                 Some(Program::RawTracePoint(p)) => p.attach(tracepoint).map(Link::Raw),
                 _ => Err(ProgramError::UnexpectedProgramType),
             }
-            .map_err(|e| cycle_error(self.which, program, tracepoint, &e))?;
+            .map_err(|e| cycle_error(self.what, program, tracepoint, &e))?;
             self.links.push(link);
         }
         self.since = Some(now);
@@ -156,7 +158,7 @@ impl Cycle {
                 (Some(Program::RawTracePoint(p)), Link::Raw(link)) => p.detach(link),
                 _ => Err(ProgramError::UnexpectedProgramType),
             };
-            result.map_err(|e| cycle_error(self.which, program, tracepoint, &e))?;
+            result.map_err(|e| cycle_error(self.what, program, tracepoint, &e))?;
         }
         Ok(())
     }
@@ -174,9 +176,14 @@ impl Cycle {
     }
 }
 
-fn cycle_error(which: Cycled, program: &str, tracepoint: &str, e: &ProgramError) -> ProbeError {
+fn cycle_error(
+    what: &'static str,
+    program: &str,
+    tracepoint: &str,
+    e: &ProgramError,
+) -> ProbeError {
     ProbeError::Cycle {
-        what: which.what(),
+        what,
         reason: format!(
             "{program} on tracepoint {tracepoint}: {}",
             super::error_chain(e)

@@ -150,6 +150,10 @@ pub struct Probes {
     /// The socket receive probe, when attached: a daemon may cycle it
     /// (`socket_receive_duty_cycle`).
     receive_cycle: Option<Cycle>,
+    /// Every other measuring group's programs (not the process group's, which keeps the
+    /// selection), in attach order: detached and attached again only by [`Self::pause`] and
+    /// [`Self::resume`].
+    rest: Vec<Cycle>,
     /// Whether `sched_switch_plain` (kernels without `bpf_task_pt_regs`) runs: it classifies
     /// waits only from the calls the syscall probes record, so they may not be cycled.
     plain_switch: bool,
@@ -228,6 +232,7 @@ impl Probes {
         let first_phase = Cycle::first_phase(&mut ebpf)?;
         let mut syscall_cycle = None;
         let mut receive_cycle = None;
+        let mut rest = Vec::new();
         let mut status: BTreeMap<&'static str, GroupStatus> = BTreeMap::new();
         // sched_switch reads when a woken thread joined the run queue from the thread itself
         // where the kernel keeps it: no program on every wakeup of the host.
@@ -285,24 +290,30 @@ impl Probes {
                 let flag = keeps_on_cpu.then_some(maps::ON_CPU_KEPT);
                 syscall_cycle = Some(Cycle::attached(
                     &mut ebpf,
-                    Cycled::Syscalls,
+                    Cycled::Syscalls.what(),
                     links,
                     flag,
                     Some(first_phase),
                     now,
                 )?);
             } else if group.name == "net" && result.status == "attached" {
-                let receive: Vec<Attached> = links
+                let (receive, others): (Vec<Attached>, Vec<Attached>) = links
                     .into_iter()
-                    .filter(|a| a.tracepoint == "sock_recv_length")
-                    .collect();
+                    .partition(|a| a.tracepoint == "sock_recv_length");
                 receive_cycle = Some(Cycle::attached(
                     &mut ebpf,
-                    Cycled::Receives,
+                    Cycled::Receives.what(),
                     receive,
                     Some(maps::RECEIVES_SEEN),
                     None,
                     now,
+                )?);
+                rest.push(Cycle::attached(
+                    &mut ebpf, group.what, others, None, None, now,
+                )?);
+            } else if group.name != "process" && result.status == "attached" {
+                rest.push(Cycle::attached(
+                    &mut ebpf, group.what, links, None, None, now,
                 )?);
             }
             status.insert(group.name, result);
@@ -326,6 +337,7 @@ impl Probes {
             calls: calls.ok(),
             syscall_cycle,
             receive_cycle,
+            rest,
             plain_switch,
             pids,
             threads: (threads, thread_slots),
@@ -396,6 +408,37 @@ impl Probes {
             .1
             .as_mut()
             .map_or(0, |c| c.take_attached_ns(now))
+    }
+
+    /// Detaches every measuring program — the cycled probes, then the other groups' in the
+    /// reverse of their attach order — leaving the process group's: for `crmprof run
+    /// --bench-toggle`, which compares the host with and without the agent's probes in one
+    /// continuous load. A failure stops the agent there (a bench has no use for half a pause).
+    pub fn pause(&mut self) -> Result<(), ProbeError> {
+        for which in [Cycled::Syscalls, Cycled::Receives] {
+            self.cycle_off(which)?;
+        }
+        let now = crate::collection::monotonic_now_ns();
+        for cycle in self.rest.iter_mut().rev() {
+            cycle.detach(&mut self.ebpf, now)?;
+        }
+        Ok(())
+    }
+
+    /// Attaches what [`Self::pause`] detached, in attach order: the scheduler's programs before
+    /// the syscall probes that read the task they keep. Cycled probes their duty cycle has
+    /// off (`cycled_off`) stay detached.
+    pub fn resume(&mut self, cycled_off: &[Cycled]) -> Result<(), ProbeError> {
+        let now = crate::collection::monotonic_now_ns();
+        for cycle in &mut self.rest {
+            cycle.attach(&mut self.ebpf, now)?;
+        }
+        for which in [Cycled::Receives, Cycled::Syscalls] {
+            if !cycled_off.contains(&which) {
+                self.cycle_on(which)?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the probes can be detached for part of each window: they are attached, and

@@ -11,8 +11,8 @@ use anyhow::{Context as _, bail};
 use super::{median_of_sorted, stats};
 
 /// Throughput with crmprof ≥ 0.97 × without; p99 latency ≤ 1.05 × without.
-const TARGET_THROUGHPUT: f64 = 0.97;
-const TARGET_P99: f64 = 1.05;
+pub(super) const TARGET_THROUGHPUT: f64 = 0.97;
+pub(super) const TARGET_P99: f64 = 1.05;
 
 /// The configuration the targets apply to, and the floor it is compared with.
 const TARGETED: &str = "crmprof";
@@ -38,6 +38,26 @@ pub struct Report {
     pub markdown: String,
     /// Loads whose ratios missed a target.
     pub missed: Vec<String>,
+}
+
+impl Report {
+    /// The section `md` closed by its verdict on the targets (`whose`: what they apply to).
+    pub(super) fn closed(mut md: String, missed: Vec<String>, whose: &str) -> Self {
+        let _ = writeln!(
+            md,
+            "Targets: throughput {whose} ≥ {TARGET_THROUGHPUT} × without, p99 ≤ {TARGET_P99} × \
+             (medians). {}\n",
+            if missed.is_empty() {
+                "All met.".to_owned()
+            } else {
+                format!("Missed: {}.", missed.join("; "))
+            }
+        );
+        Self {
+            markdown: md,
+            missed,
+        }
+    }
 }
 
 /// What one program run costs beyond what the kernel's BPF statistics say, from the
@@ -261,14 +281,14 @@ fn paired_ratios(runs: &[Run], load: &str, config: &str, figure: fn(&Run) -> f64
 /// statistics the median lies between with probability ≥ 0.95 whatever the noise's shape
 /// (binomial, p = ½). With fewer than 6 ratios no such interval exists; it is then min–max.
 #[derive(Clone, Copy)]
-struct Median {
-    median: f64,
+pub(super) struct Median {
+    pub(super) median: f64,
     low: f64,
     high: f64,
 }
 
 impl Median {
-    fn of(ratios: &[f64]) -> Self {
+    pub(super) fn of(ratios: &[f64]) -> Self {
         let mut s = ratios.to_vec();
         s.sort_by(f64::total_cmp);
         let n = s.len();
@@ -299,7 +319,7 @@ impl Median {
         Self { median, low, high }
     }
 
-    fn show(&self, digits: usize) -> String {
+    pub(super) fn show(&self, digits: usize) -> String {
         format!(
             "{:.digits$} ({:.digits$}–{:.digits$})",
             self.median, self.low, self.high
@@ -408,20 +428,8 @@ fn report(runs: &[Run], rounds: usize, seconds: u64) -> Report {
             ));
         }
     }
-    let _ = writeln!(
-        md,
-        "\nTargets: throughput with crmprof ≥ {TARGET_THROUGHPUT} × without, p99 ≤ \
-         {TARGET_P99} × (medians). {}\n",
-        if missed.is_empty() {
-            "All met.".to_owned()
-        } else {
-            format!("Missed: {}.", missed.join("; "))
-        }
-    );
-    Report {
-        markdown: md,
-        missed,
-    }
+    md.push('\n');
+    Report::closed(md, missed, "with crmprof")
 }
 
 #[cfg(test)]

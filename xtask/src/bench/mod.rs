@@ -13,6 +13,7 @@
 mod host;
 mod load;
 mod soak;
+mod toggled;
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -45,6 +46,10 @@ const MIN_MARGIN: f64 = 0.05;
 /// missed only when the ratio is above it and crmprof's cost over the floor is also above the
 /// target's budget at this floor — `(target - 1) × 130 ns`, plus the same noise margin.
 const REFERENCE_FLOOR_NS: f64 = 130.0;
+
+/// How long each realistic load runs toggled with `crmprof`'s defaults (twenty 10 s blocks;
+/// with `crmprof-always`, half as long in 2 s blocks).
+const TOGGLED_SECONDS: u64 = 200;
 
 /// The soak's length unless `--soak-minutes` says otherwise.
 pub const DEFAULT_SOAK_MINUTES: u64 = 30;
@@ -711,7 +716,10 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
             });
         let r = load::measure(&crm_load, &tools.crmprof, 20, 2, &raw, accounting)?;
         missed.extend(r.missed.iter().cloned());
-        Some(r.markdown)
+        let raw = target.join("bench-toggled.jsonl");
+        let t = toggled::measure(&crm_load, &tools.crmprof, TOGGLED_SECONDS, &raw)?;
+        missed.extend(t.missed.iter().cloned());
+        Some(r.markdown + &t.markdown)
     };
     let soaked = if opts.quick || opts.soak_minutes == 0 {
         None

@@ -2,6 +2,7 @@
 //! the realistic half of `cargo xtask bench`.
 //!
 //! usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...|all] [CONFIG,...]
+//!        crm-load CRMPROF toggled SECONDS [LOAD,...|all] [CONFIG,...]
 //!
 //! Starts nginx (serving a 16 KiB page), PostgreSQL and Redis on loopback, then per round runs
 //! every load (or the ones named) — wrk on nginx, pgbench select-only and TPC-B-like,
@@ -25,6 +26,18 @@
 //! ratios, with the CPU time the machine and the agent's process spent meanwhile:
 //! `{"load":…,"config":"programs","seconds":…,"busy_cpu_s":…,"agent_cpu_s":…,
 //! "programs":{NAME:[RUN_TIME_NS,RUNS],…}}`.
+//!
+//! `toggled` instead runs each load without a break under `crmprof run --bench-toggle` (its
+//! probes detached and attached again every 250 ms), with the `crmprof` settings for SECONDS
+//! and the `crmprof-always` ones for half that (or the configurations named, but `floor`),
+//! its window the default 10 s; clients stamp
+//! every request (nginx and Redis: [`clients`], in wrk's and redis-benchmark's shape;
+//! PostgreSQL: pgbench's per-transaction log). Prints one line per block of adjacent
+//! stretches, half with the probes, half without ([`toggled`]; 40 stretches for `crmprof`, one
+//! window, 8 for `crmprof-always`): `{"load":…,"what":…,"config":"toggled:CONFIG","block":…,
+//! "on_s":…,"on_requests":…,"on_p99_ms":…,"off_s":…,"off_requests":…,"off_p99_ms":…}`, then
+//! per load and configuration `{"load":…,"config":"toggled-run:CONFIG","transitions":…,
+//! "longest_transition_ms":…,"requests":…}`.
 #![expect(
     clippy::expect_used,
     reason = "a bench driver: a failure is a message and exit"
@@ -39,6 +52,23 @@ use integration_tests::{
     Agent, Scratch,
     servers::{self, Server},
 };
+
+mod clients;
+mod toggled;
+
+use clients::Request;
+
+/// How long the toggled agent keeps its probes in each state, and how near a change a request
+/// may complete and still count (`GUARD_NS`, either side).
+const TOGGLE: &str = "250ms";
+const GUARD_NS: u64 = 25_000_000;
+/// The configurations the toggled runs compare unless told others (any but `floor`). A block
+/// is 40 stretches, one whole 10 s window, so each holds the cycled probes' attached tenth; with
+/// those attached all the time (`crmprof-always`), 8 (2 s) do, and half of SECONDS gives as
+/// many blocks again.
+const TOGGLED: [&str; 2] = ["crmprof", "crmprof-always"];
+/// The toggled agent's window: the default.
+const TOGGLED_WINDOW_S: u64 = 10;
 
 /// The configurations compared with runs without probes.
 const COMPARED: [&str; 3] = ["floor", "crmprof", "crmprof-always"];
@@ -86,20 +116,25 @@ fn main() {
             (crmprof, rounds, seconds, Some(only), Some(configs))
         }
         _ => {
-            eprintln!("usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...|all] [CONFIG,...]");
+            eprintln!(
+                "usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...|all] [CONFIG,...]\n       \
+                 crm-load CRMPROF toggled SECONDS [LOAD,...|all] [CONFIG,...]"
+            );
             std::process::exit(2);
         }
     };
+    let is_toggled = rounds == "toggled";
     // Besides the three compared by the bench, `crmprof-no-GROUP[+GROUP...]` runs the defaults
     // without those probe groups, `crmprof+KEY=VALUE` with one setting changed, and
     // `crmprof@PATH` the defaults with another build of crmprof: for finding where a cost
     // comes from, and for comparing two builds in the same rounds.
     let compared: Vec<&str> = match configs {
+        None if is_toggled => TOGGLED.to_vec(),
         None => COMPARED.to_vec(),
         Some(configs) => configs.split(',').collect(),
     };
     if let Some(unknown) = compared.iter().find(|c| {
-        !COMPARED.contains(c)
+        (!COMPARED.contains(c) || (is_toggled && **c == "floor"))
             && !c.starts_with("crmprof-no-")
             && !c.starts_with("crmprof+")
             && !c.starts_with("crmprof@")
@@ -125,7 +160,11 @@ fn main() {
         std::process::exit(2);
     }
     let crmprof = PathBuf::from(crmprof);
-    let rounds: usize = rounds.parse().expect("ROUNDS is a number");
+    let rounds: usize = if is_toggled {
+        0
+    } else {
+        rounds.parse().expect("ROUNDS is a number or \"toggled\"")
+    };
     let seconds: u64 = seconds.parse().expect("SECONDS is a number");
 
     // Removed at the end, and at the next start if a killed run left it.
@@ -143,12 +182,25 @@ fn main() {
     };
     loads.init_pgbench();
 
+    if is_toggled {
+        for load in &names {
+            for config in &compared {
+                // With the cycled probes attached all the time, 2 s blocks in half the time.
+                let (per_block, seconds) = if *config == "crmprof-always" {
+                    (8, loads.seconds / 2)
+                } else {
+                    (40, loads.seconds)
+                };
+                toggled_run(&loads, &crmprof, load, config, per_block, seconds);
+            }
+        }
+        drop(loads);
+        drop(scratch);
+        return;
+    }
     for round in 0..rounds {
         for (i, load) in names.iter().enumerate() {
-            let what = LOADS
-                .iter()
-                .find_map(|(name, what)| (name == load).then_some(*what))
-                .unwrap_or_default();
+            let what = what(load);
             let mut order = compared.clone();
             order.rotate_left((round + i) % compared.len());
             let sequence = std::iter::once("without")
@@ -160,7 +212,8 @@ fn main() {
             loads.run(load);
             for (seq, config) in sequence.enumerate() {
                 eprintln!("crm-load: round {}/{rounds}, {load}, {config}", round + 1);
-                let agent = loads.lead_in(load, || start_tracer(&crmprof, config, &dir, seconds));
+                let agent =
+                    loads.lead_in(load, || start_tracer(&crmprof, config, &dir, seconds, &[]));
                 let run = loads.run(load);
                 if let Some(agent) = agent {
                     agent.interrupt();
@@ -201,6 +254,75 @@ fn main() {
     // The servers stop before their scratch directory goes.
     drop(loads);
     drop(scratch);
+}
+
+/// What a load is, in words.
+fn what(load: &str) -> &'static str {
+    LOADS
+        .iter()
+        .find_map(|(name, what)| (*name == load).then_some(*what))
+        .unwrap_or_default()
+}
+
+/// One load for `seconds` without a break under the agent in `config`, its probes toggled;
+/// prints its blocks of `per_block` stretches.
+fn toggled_run(
+    loads: &Loads,
+    crmprof: &Path,
+    load: &str,
+    config: &str,
+    per_block: usize,
+    seconds: u64,
+) {
+    eprintln!("crm-load: {load}, {config} toggled, warm-up");
+    loads.run_for(load, 2);
+    eprintln!(
+        "crm-load: {load}, {config} toggled: {seconds} s, the probes detached and attached again every \
+         {TOGGLE}"
+    );
+    let agent = loads
+        .lead_in(load, || {
+            start_tracer(
+                crmprof,
+                config,
+                &loads.dir,
+                TOGGLED_WINDOW_S,
+                &["--bench-toggle", TOGGLE],
+            )
+        })
+        .expect("the toggled agent");
+    let mut requests = loads.stamped(load, seconds);
+    let (_, stderr) = agent.interrupt();
+    let transitions = toggled::transitions(&stderr);
+    let blocks = toggled::blocks(&transitions, &mut requests, GUARD_NS, per_block);
+    let what = what(load);
+    for (i, b) in blocks.iter().enumerate() {
+        println!(
+            "{{\"load\":\"{load}\",\"what\":\"{what}\",\"config\":\"toggled:{config}\",\
+             \"block\":{i},\"on_s\":{:.4},\"on_requests\":{},\"on_p99_ms\":{:.3},\
+             \"off_s\":{:.4},\"off_requests\":{},\"off_p99_ms\":{:.3}}}",
+            b.on.seconds, b.on.requests, b.on.p99_ms, b.off.seconds, b.off.requests, b.off.p99_ms
+        );
+    }
+    let longest = transitions
+        .iter()
+        .map(|t| t.end_ns.saturating_sub(t.start_ns))
+        .max()
+        .unwrap_or(0);
+    println!(
+        "{{\"load\":\"{load}\",\"config\":\"toggled-run:{config}\",\"transitions\":{},\
+         \"longest_transition_ms\":{:.3},\"requests\":{}}}",
+        transitions.len(),
+        longest as f64 / 1e6,
+        requests.len()
+    );
+}
+
+/// The 99th percentile of `sorted` (ascending): the smallest value at least 99% of them do
+/// not exceed; 0 when empty.
+fn p99(sorted: &[u64]) -> u64 {
+    let i = (sorted.len() * 99).div_ceil(100).saturating_sub(1);
+    sorted.get(i).copied().unwrap_or(0)
 }
 
 /// Every loaded BPF program's id, name, run time (ns) and run count, from bpftool.
@@ -254,7 +376,7 @@ fn program_stats(
 ) -> Result<ProgramsRun, String> {
     const STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
     let before: Vec<u64> = bpf_programs()?.iter().map(|p| p.0).collect();
-    let agent = start_tracer(crmprof, "crmprof", dir, seconds);
+    let agent = start_tracer(crmprof, "crmprof", dir, seconds, &[]);
     let ours = || -> Result<Vec<(u64, String, u64, u64)>, String> {
         Ok(bpf_programs()?
             .into_iter()
@@ -334,7 +456,13 @@ const SERVERS_ONLY: &str = "[discovery]\nauto = false\n\
 
 /// crmprof for one run: the floor programs or `crmprof run` (its window `seconds` long),
 /// started and waited for as the tests do ([`Agent`]); `None` for the run without probes.
-fn start_tracer(crmprof: &Path, config: &str, dir: &Path, seconds: u64) -> Option<Agent> {
+fn start_tracer(
+    crmprof: &Path,
+    config: &str,
+    dir: &Path,
+    seconds: u64,
+    extra: &[&str],
+) -> Option<Agent> {
     // `crmprof@PATH`: the defaults, run by the build at PATH.
     let (crmprof, config) = match config.split_once('@') {
         Some(("crmprof", other)) => (Path::new(other), "crmprof"),
@@ -364,7 +492,9 @@ fn start_tracer(crmprof: &Path, config: &str, dir: &Path, seconds: u64) -> Optio
             }
             text.push_str(SERVERS_ONLY);
             std::fs::write(&conf, text).expect("writing the crmprof config");
-            cmd.args(["-v", "run", "--quiet", "--config"]).arg(&conf);
+            cmd.args(["-v", "run", "--quiet", "--config"])
+                .arg(&conf)
+                .args(extra);
         }
         _ => return None,
     }
@@ -411,6 +541,36 @@ impl Loads {
         self.run_for(load, self.seconds)
     }
 
+    /// The load for `seconds` without a break, every request stamped ([`Request`]): nginx and
+    /// Redis by [`clients`] in wrk's and redis-benchmark's shape, PostgreSQL by pgbench's own
+    /// per-transaction log.
+    fn stamped(&self, load: &str, seconds: u64) -> Vec<Request> {
+        let length = std::time::Duration::from_secs(seconds);
+        match load {
+            "nginx-wrk" => clients::http(self.nginx.port, 2, 16, length),
+            "pgbench-select" | "pgbench-tpcb" => {
+                let prefix = self.dir.join(format!("pglog-{load}"));
+                self.pgbench(load, seconds, &prefix);
+                pgbench_log(&prefix)
+            }
+            _ => clients::redis(self.redis.port, 50, length),
+        }
+    }
+
+    /// pgbench's run of `load` (8 clients, 2 threads), logging every transaction under
+    /// `prefix`; its summary.
+    fn pgbench(&self, load: &str, seconds: u64, prefix: &Path) -> String {
+        let mut cmd = Command::new(&self.pgbench);
+        cmd.args(["-n", "-c", "8", "-j", "2", "-T", &seconds.to_string(), "-l"])
+            .arg(format!("--log-prefix={}", prefix.display()))
+            .args(["-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.postgres.port.to_string(), "postgres"]);
+        if load == "pgbench-select" {
+            cmd.arg("-S");
+        }
+        output(&mut cmd)
+    }
+
     fn run_for(&self, load: &str, seconds: u64) -> Run {
         let secs = seconds.to_string();
         match load {
@@ -427,15 +587,7 @@ impl Loads {
             }
             "pgbench-select" | "pgbench-tpcb" => {
                 let prefix = self.dir.join(format!("pglog-{load}"));
-                let mut cmd = Command::new(&self.pgbench);
-                cmd.args(["-n", "-c", "8", "-j", "2", "-T", &secs, "-l"])
-                    .arg(format!("--log-prefix={}", prefix.display()))
-                    .args(["-h", "127.0.0.1", "-U", "postgres"])
-                    .args(["-p", &self.postgres.port.to_string(), "postgres"]);
-                if load == "pgbench-select" {
-                    cmd.arg("-S");
-                }
-                let out = output(&mut cmd);
+                let out = self.pgbench(load, seconds, &prefix);
                 Run {
                     throughput: field(&out, "tps ="),
                     p99_ms: pgbench_p99_ms(&prefix),
@@ -510,15 +662,23 @@ fn wrk_ms(out: &str, pct: &str) -> f64 {
     number.parse::<f64>().expect("a latency") * scale
 }
 
-/// p99 of the per-transaction latencies pgbench logged (`-l`: the third column, µs), from every
-/// log file of the run; the files are removed afterwards.
+/// p99 of the per-transaction latencies pgbench logged, ms.
 fn pgbench_p99_ms(prefix: &Path) -> f64 {
+    let mut latencies: Vec<u64> = pgbench_log(prefix).iter().map(|r| r.latency_ns).collect();
+    latencies.sort_unstable();
+    p99(&latencies) as f64 / 1e6
+}
+
+/// The transactions pgbench logged (`-l`: `client transaction latency_µs script epoch_s µs`,
+/// the last two when it completed), from every log file of the run; the files are removed
+/// afterwards.
+fn pgbench_log(prefix: &Path) -> Vec<Request> {
     let dir = prefix.parent().expect("a directory");
     let stem = prefix
         .file_name()
         .and_then(|n| n.to_str())
         .expect("a UTF-8 prefix");
-    let mut latencies: Vec<u64> = Vec::new();
+    let mut requests = Vec::new();
     for entry in std::fs::read_dir(dir).expect("reading the log directory") {
         let path = entry.expect("a directory entry").path();
         if !path
@@ -529,14 +689,21 @@ fn pgbench_p99_ms(prefix: &Path) -> f64 {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("reading a pgbench log");
-        latencies.extend(
-            text.lines()
-                .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()),
-        );
+        requests.extend(text.lines().filter_map(|l| {
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .map(|w| w.parse().ok())
+                .collect::<Option<_>>()?;
+            let [_, _, latency_us, _, epoch_s, us] = v[..] else {
+                return None;
+            };
+            Some(Request {
+                end_ns: epoch_s * 1_000_000_000 + us * 1_000,
+                latency_ns: latency_us * 1_000,
+            })
+        }));
         let _ = std::fs::remove_file(&path);
     }
-    assert!(!latencies.is_empty(), "pgbench logged no transactions");
-    latencies.sort_unstable();
-    let i = (latencies.len() * 99).div_ceil(100).saturating_sub(1);
-    latencies[i] as f64 / 1000.0
+    assert!(!requests.is_empty(), "pgbench logged no transactions");
+    requests
 }
