@@ -41,12 +41,12 @@ pub struct Report {
 }
 
 impl Report {
-    /// The section `md` closed by its verdict on the targets (`whose`: what they apply to).
-    pub(super) fn closed(mut md: String, missed: Vec<String>, whose: &str) -> Self {
+    /// The section `md` closed by its verdict on the targets (`how`: the comparison's name).
+    pub(super) fn closed(mut md: String, missed: Vec<String>, how: &str) -> Self {
         let _ = writeln!(
             md,
-            "Targets: throughput {whose} ≥ {TARGET_THROUGHPUT} × without, p99 ≤ {TARGET_P99} × \
-             (medians). {}\n",
+            "Targets for `crmprof` ({how}): throughput ≥ {TARGET_THROUGHPUT} × without, p99 ≤ \
+             {TARGET_P99} × (medians). {}\n",
             if missed.is_empty() {
                 "All met.".to_owned()
             } else {
@@ -429,7 +429,7 @@ fn report(runs: &[Run], rounds: usize, seconds: u64) -> Report {
         }
     }
     md.push('\n');
-    Report::closed(md, missed, "with crmprof")
+    Report::closed(md, missed, "runs in turn")
 }
 
 #[cfg(test)]

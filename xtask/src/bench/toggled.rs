@@ -223,7 +223,7 @@ fn report(blocks: &[Block], runs: &[RunInfo], seconds: u64) -> Report {
         "\nThe probes' changes of state, as the agent logged them: {}.\n",
         changes.join("; ")
     );
-    Report::closed(md, missed, "toggled, with `crmprof`")
+    Report::closed(md, missed, "toggled")
 }
 
 #[cfg(test)]

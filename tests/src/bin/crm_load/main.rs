@@ -264,6 +264,15 @@ fn what(load: &str) -> &'static str {
         .unwrap_or_default()
 }
 
+/// What a load is when toggled: nginx and Redis are then driven by [`clients`].
+fn toggled_what(load: &str) -> &'static str {
+    match load {
+        "nginx-wrk" => "nginx (2 workers) serving a 16 KiB page, 2 client threads × 16 connections",
+        "redis-get-set" => "Redis, SET and GET in turn, 50 connections",
+        _ => what(load),
+    }
+}
+
 /// One load for `seconds` without a break under the agent in `config`, its probes toggled;
 /// prints its blocks of `per_block` stretches.
 fn toggled_run(
@@ -295,7 +304,7 @@ fn toggled_run(
     let (_, stderr) = agent.interrupt();
     let transitions = toggled::transitions(&stderr);
     let blocks = toggled::blocks(&transitions, &mut requests, GUARD_NS, per_block);
-    let what = what(load);
+    let what = toggled_what(load);
     for (i, b) in blocks.iter().enumerate() {
         println!(
             "{{\"load\":\"{load}\",\"what\":\"{what}\",\"config\":\"toggled:{config}\",\
