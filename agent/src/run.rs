@@ -11,7 +11,7 @@ use tokio::{
 };
 
 use crate::{
-    collection::Collector,
+    collection::{Collector, unix_now_ns},
     config::{Config, ExportConfig},
     discovery::{self, Registry, Selection},
     export::Exporters,
@@ -191,13 +191,6 @@ async fn tick_some(interval: Option<&mut tokio::time::Interval>) {
     }
 }
 
-/// Wall-clock time, ns since the epoch: what load generators' logs are stamped with.
-fn epoch_ns() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
 pub struct DaemonOptions {
     pub interval: Duration,
     pub data_dir: PathBuf,
@@ -205,8 +198,9 @@ pub struct DaemonOptions {
     pub live: bool,
     pub export: ExportConfig,
     /// `--bench-toggle`: the measuring probes detached and attached again in turn, each state
-    /// this long (cycled probes only while their duty cycle has them on), each change logged with its wall-clock start and end
-    /// (ns since the epoch) as `bench toggle: probes on|off START END`.
+    /// this long (cycled probes only while their duty cycle has them on), each change logged
+    /// with its wall-clock start and end (ns since the epoch) as `bench toggle: probes on|off
+    /// START END` (`integration_tests::toggle_changes` reads it).
     pub bench_toggle: Option<Duration>,
 }
 
@@ -251,7 +245,8 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
                 continue;
             }
             () = tick_some(toggle.as_mut()) => {
-                let start = epoch_ns();
+                // Wall-clock ns: what load generators' logs are stamped with.
+                let start = unix_now_ns();
                 if paused {
                     let off: Vec<Cycled> =
                         cycles.iter().filter(|c| c.off_at.is_none()).map(|c| c.which).collect();
@@ -261,7 +256,7 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
                 }
                 paused = !paused;
                 let state = if paused { "off" } else { "on" };
-                log::info!("bench toggle: probes {state} {start} {}", epoch_ns());
+                log::info!("bench toggle: probes {state} {start} {}", unix_now_ns());
                 continue;
             }
             _ = interrupt.recv() => true,

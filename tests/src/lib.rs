@@ -651,3 +651,62 @@ impl Drop for Netns {
         }
     }
 }
+
+/// One change of state of the probes of `crmprof run --bench-toggle`, as the agent logs it:
+/// `bench toggle: probes on|off START END` (ns since the epoch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// Whether the probes are attached after it.
+    pub on: bool,
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// The changes logged in an agent's stderr, in order.
+pub fn toggle_changes(stderr: &str) -> Vec<Transition> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("bench toggle: probes ")? + "bench toggle: probes ".len()..];
+            let mut words = rest.split_whitespace();
+            let on = match words.next()? {
+                "on" => true,
+                "off" => false,
+                _ => return None,
+            };
+            Some(Transition {
+                on,
+                start_ns: words.next()?.parse().ok()?,
+                end_ns: words.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod toggle_tests {
+    use super::{Transition, toggle_changes};
+
+    #[test]
+    fn toggle_changes_are_read_from_the_agents_log_lines() {
+        let log = "[2026-11-28T02:37:58Z INFO ] measuring 1 services\n\
+                   [2026-11-28T02:37:58Z INFO ] bench toggle: probes off 100 200\n\
+                   [2026-11-28T02:37:59Z INFO ] bench toggle: probes on 300 450\n\
+                   [2026-11-28T02:37:59Z INFO ] bench toggle: probes sideways 1 2\n";
+        assert_eq!(
+            toggle_changes(log),
+            vec![
+                Transition {
+                    on: false,
+                    start_ns: 100,
+                    end_ns: 200
+                },
+                Transition {
+                    on: true,
+                    start_ns: 300,
+                    end_ns: 450
+                },
+            ]
+        );
+    }
+}

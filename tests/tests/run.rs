@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use integration_tests::{Agent, Scratch, privileged, validate_profile};
+use integration_tests::{Agent, Scratch, privileged, toggle_changes, validate_profile};
 
 #[test]
 fn run_appends_a_profile_per_interval() {
@@ -117,21 +117,13 @@ fn bench_toggle_detaches_every_measuring_probe_and_attaches_it_again() {
         states[1] >= 3 + 8,
         "attached, every group's links: {seen:?}"
     );
-    let changes: Vec<(String, u64, u64)> = stderr
-        .lines()
-        .filter_map(|l| {
-            let rest = l.split("bench toggle: probes ").nth(1)?;
-            let w: Vec<&str> = rest.split_whitespace().collect();
-            Some((w[0].to_owned(), w[1].parse().ok()?, w[2].parse().ok()?))
-        })
-        .collect();
+    let changes = toggle_changes(&stderr);
     assert!(changes.len() >= 8, "changes logged: {changes:?}");
-    for (i, (state, start, end)) in changes.iter().enumerate() {
-        let expected = if i % 2 == 0 { "off" } else { "on" };
-        assert_eq!(state, expected, "change {i}: {changes:?}");
-        assert!(start <= end, "change {i}: {changes:?}");
+    for (i, change) in changes.iter().enumerate() {
+        assert_eq!(change.on, i % 2 == 1, "change {i} (off first): {changes:?}");
+        assert!(change.start_ns <= change.end_ns, "change {i}: {changes:?}");
         if i > 0 {
-            let apart_ms = (start - changes[i - 1].1) / 1_000_000;
+            let apart_ms = (change.start_ns - changes[i - 1].start_ns) / 1_000_000;
             assert!(
                 (200..=450).contains(&apart_ms),
                 "changes {} and {i} {apart_ms} ms apart: {changes:?}",

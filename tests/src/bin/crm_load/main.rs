@@ -302,7 +302,7 @@ fn toggled_run(
         .expect("the toggled agent");
     let mut requests = loads.stamped(load, seconds);
     let (_, stderr) = agent.interrupt();
-    let transitions = toggled::transitions(&stderr);
+    let transitions = integration_tests::toggle_changes(&stderr);
     let blocks = toggled::blocks(&transitions, &mut requests, GUARD_NS, per_block);
     let what = toggled_what(load);
     for (i, b) in blocks.iter().enumerate() {

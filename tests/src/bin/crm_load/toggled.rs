@@ -3,38 +3,9 @@
 //! the stretches with and without them. Runs minutes apart differ here by ±10%; stretches a
 //! quarter of a second apart share the machine's state, and a run holds hundreds of them.
 
+use integration_tests::Transition;
+
 use crate::clients::Request;
-
-/// One change of the probes' state, as the agent logs it: `bench toggle: probes on|off START
-/// END` (ns since the epoch).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Transition {
-    /// Whether the probes are attached after it.
-    pub on: bool,
-    pub start_ns: u64,
-    pub end_ns: u64,
-}
-
-/// The transitions in the agent's stderr, in order.
-pub fn transitions(stderr: &str) -> Vec<Transition> {
-    stderr
-        .lines()
-        .filter_map(|l| {
-            let rest = &l[l.find("bench toggle: probes ")? + "bench toggle: probes ".len()..];
-            let mut words = rest.split_whitespace();
-            let on = match words.next()? {
-                "on" => true,
-                "off" => false,
-                _ => return None,
-            };
-            Some(Transition {
-                on,
-                start_ns: words.next()?.parse().ok()?,
-                end_ns: words.next()?.parse().ok()?,
-            })
-        })
-        .collect()
-}
 
 /// A stretch with the probes in one state: from `guard` after the transition into it to
 /// `guard` before the next one, so no request counted in it overlaps a transition by more.
@@ -112,32 +83,9 @@ pub fn blocks(
 
 #[cfg(test)]
 mod tests {
-    use super::{Block, Request, Transition, blocks, transitions};
+    use super::{Block, Request, Transition, blocks};
 
     const MS: u64 = 1_000_000;
-
-    #[test]
-    fn transitions_are_read_from_the_agents_log_lines() {
-        let log = "[2026-11-28T02:37:58Z INFO ] measuring 1 services\n\
-                   [2026-11-28T02:37:58Z INFO ] bench toggle: probes off 100 200\n\
-                   [2026-11-28T02:37:59Z INFO ] bench toggle: probes on 300 450\n\
-                   [2026-11-28T02:37:59Z INFO ] bench toggle: probes sideways 1 2\n";
-        assert_eq!(
-            transitions(log),
-            vec![
-                Transition {
-                    on: false,
-                    start_ns: 100,
-                    end_ns: 200
-                },
-                Transition {
-                    on: true,
-                    start_ns: 300,
-                    end_ns: 450
-                },
-            ]
-        );
-    }
 
     /// Four 250 ms windows (off, on, off, on) with a transition of 1 ms before each, and one
     /// request completing every ms, those in the windows with probes taking 2 ms and the others
