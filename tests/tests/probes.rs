@@ -445,11 +445,18 @@ fn fault_counts_match(env: &[(&str, &str)]) {
         "CPU time {ours} ns against getrusage's {theirs} ns (+{sampling} ns allowed for the \
          ticks' sampling): {cpu:#}"
     );
+    // The split between user and system is the same ticks' split, read at different moments:
+    // the process calls getrusage before it prints and exits, and the agent reads the counters
+    // at its last switch-out, so a tick that lands in between (user mode, in the exit path) is
+    // the agent's alone. One tick moves the share by TICK_NS / ours (~0.02 for this workload);
+    // allowed: one tick, or 0.02 where the run is long enough for that to be less.
     let share = |k: u64, t: u64| k as f64 / t.max(1) as f64;
     let (kernel, rusage_kernel) = (share(system, ours), share(system_us * 1000, theirs));
+    let one_tick = TICK_NS / ours.max(1) as f64;
     assert!(
-        (kernel - rusage_kernel).abs() <= 0.02,
-        "kernel share {kernel:.3} against getrusage's {rusage_kernel:.3}: {cpu:#}"
+        (kernel - rusage_kernel).abs() <= one_tick.max(0.02) + 1e-9,
+        "kernel share {kernel:.3} against getrusage's {rusage_kernel:.3} (one tick moves it by \
+         {one_tick:.3}): {cpu:#}"
     );
 }
 
