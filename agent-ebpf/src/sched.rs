@@ -20,7 +20,7 @@ use aya_ebpf::{
 
 use crate::{
     selection::{
-        MMAPABLE, ON_CPU, count, load, offset, on_cpu, on_cpu_kept, read_field,
+        MMAPABLE, ON_CPU, count, load, offset, on_cpu_kept, read_field, refresh_service,
         selection_generation, service_of, syscall_phase,
     },
     syscalls::SYSCALL_START,
@@ -101,16 +101,12 @@ fn window_start() -> u64 {
     WINDOW.get(0).copied().unwrap_or(0)
 }
 
-/// Time since `since`, but only the part inside the current window: the agent has already
-/// accounted the part before it.
+/// Time since `since`, but only the part inside the current window (which started at
+/// `window`, read once a run: [`window_start`]): the agent has already accounted the part
+/// before it.
 #[inline(always)]
-fn in_window(now: u64, since: u64) -> u64 {
-    let from = if since > window_start() {
-        since
-    } else {
-        window_start()
-    };
-    now.saturating_sub(from)
+fn in_window(now: u64, since: u64, window: u64) -> u64 {
+    now.saturating_sub(since.max(window))
 }
 
 #[inline(always)]
@@ -293,26 +289,19 @@ fn awaiting_response(t: *const ThreadState) -> bool {
 }
 
 /// Ends an off-CPU interval: its time goes to its reason (and, for network waits, to the peer
-/// the thread last talked to).
+/// the thread last talked to). `s`: this CPU's stats of the thread's service.
 #[inline(always)]
-fn end_offcpu(t: *mut ThreadState, now: u64) {
+fn end_offcpu(t: *mut ThreadState, s: Option<*mut SchedStats>, now: u64, window: u64) {
     // SAFETY: `t` points at a live THREADS value; only this thread's events touch it.
-    let (since, r, service, peer) = unsafe {
-        (
-            (*t).offcpu_since,
-            (*t).reason as usize,
-            (*t).service,
-            (*t).peer,
-        )
-    };
+    let (since, r, peer) = unsafe { ((*t).offcpu_since, (*t).reason as usize, (*t).peer) };
     if since == 0 {
         return;
     }
     // SAFETY: as above.
     unsafe { (*t).offcpu_since = 0 };
-    let took = in_window(now, since);
+    let took = in_window(now, since, window);
     let r = settle_reason(r, now.saturating_sub(since));
-    if let Some(s) = stats_of(service)
+    if let Some(s) = s
         && r < offcpu::COUNT
     {
         // SAFETY: this CPU's value of a per-CPU hash entry.
@@ -360,6 +349,13 @@ pub fn sched_switch_plain(ctx: RawTracePointContext) -> i32 {
     }
 }
 
+/// When a switch happens, and when the current window started: read once a run.
+#[derive(Clone, Copy)]
+struct Switch {
+    now: u64,
+    window: u64,
+}
+
 struct SwitchArgs {
     preempt: u64,
     prev: *const u8,
@@ -386,7 +382,10 @@ fn try_switch<const TYPED: bool>(args: &SwitchArgs) -> Result<(), ()> {
             adopt(c, tid, tgid);
         }
     }
-    let c = on_cpu().ok_or(())?;
+    // Read once a run, here: the selection's generation (before any selection read) and the
+    // window's start.
+    let generation = refresh_service(c);
+    let window = window_start();
     // SAFETY: as above. The peer it used while on CPU, if any, is read before the incoming
     // task replaces it.
     let (tid, service, peer) = unsafe {
@@ -403,8 +402,8 @@ fn try_switch<const TYPED: bool>(args: &SwitchArgs) -> Result<(), ()> {
         forget_on_cpu(c);
         return Err(());
     };
-    crate::net::flush_pending(c, next_tid == 0, window_start());
-    let next_service = restore_call(c, next_tid, next_tgid, next as u64);
+    crate::net::flush_pending(c, next_tid == 0, window);
+    let next_service = restore_call(c, next_tid, next_tgid, next as u64, generation);
     if state & TASK_DEAD != 0 && service == u32::from(NO_SERVICE) && tid != 0 {
         // A thread's final switch after its process left its service: its leader exited
         // first, and a switch of this thread after its own exit tracepoint (which forgot it)
@@ -419,12 +418,13 @@ fn try_switch<const TYPED: bool>(args: &SwitchArgs) -> Result<(), ()> {
     let now = switch_now::<TYPED>(c, next);
     if service != u32::from(NO_SERVICE) && tid != 0 {
         let preempt = args.preempt & 0xff != 0;
-        switch_out::<TYPED>(prev, tid, service, peer, preempt, state, call, now);
+        let out = Switch { now, window };
+        switch_out::<TYPED>(prev, tid, service, peer, preempt, state, call, out);
     }
     if next_service != NO_SERVICE
         && let Some(t) = thread(next_tid)
     {
-        switch_in::<TYPED>(t, next, now);
+        switch_in::<TYPED>(t, next, Switch { now, window });
     }
     Ok(())
 }
@@ -455,7 +455,7 @@ pub fn adopt(c: *mut OnCpu, tid: u32, tgid: u32) {
         count(Counter::UntracedSwitch);
     }
     park_call(c, old_tid, 0);
-    let service = restore_call(c, tid, tgid, 0);
+    let service = restore_call(c, tid, tgid, 0, selection_generation());
     if service != NO_SERVICE
         && tid != 0
         && let Some(t) = thread(tid)
@@ -469,7 +469,8 @@ pub fn adopt(c: *mut OnCpu, tid: u32, tgid: u32) {
 /// is unknown, and the untraced switches seen are prompt), else from now.
 #[inline(always)]
 fn unseen_switch_in(t: *mut ThreadState, now: u64) {
-    end_offcpu(t, now);
+    // SAFETY: `t` points at this thread's live THREADS value.
+    end_offcpu(t, stats_of(unsafe { (*t).service }), now, window_start());
     // SAFETY: `t` points at this thread's live THREADS value.
     unsafe {
         if (*t).oncpu_since == 0 {
@@ -497,11 +498,11 @@ fn park_call(c: *mut OnCpu, tid: u32, state: u64) -> u64 {
 }
 
 /// The incoming task becomes this CPU's `ON_CPU`, with its selection and any call it was in.
-/// `task` is its `task_struct` when a traced switch brings it in, else 0. Returns its service.
+/// `task` is its `task_struct` when a traced switch brings it in, else 0. `generation`: the
+/// selection's, read before this (a selection change after that read bumps it again). Returns
+/// its service.
 #[inline(always)]
-fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32, task: u64) -> u16 {
-    // The generation first: a selection change after this read bumps it again.
-    let generation = selection_generation();
+fn restore_call(c: *mut OnCpu, tid: u32, tgid: u32, task: u64, generation: u64) -> u16 {
     let service = if tid == 0 {
         NO_SERVICE
     } else {
@@ -550,7 +551,7 @@ fn switch_out<const TYPED: bool>(
     preempt: bool,
     state: u64,
     call: u64,
-    now: u64,
+    Switch { now, window }: Switch,
 ) {
     let Some(t) = thread_of(tid, service) else {
         return;
@@ -575,10 +576,10 @@ fn switch_out<const TYPED: bool>(
     unsafe {
         (*t).service = service;
         if (*t).oncpu_since != 0 {
-            (*s).on_cpu_ns += in_window(now, (*t).oncpu_since);
+            (*s).on_cpu_ns += in_window(now, (*t).oncpu_since, window);
             (*t).oncpu_since = 0;
         }
-        add_task_counters::<TYPED>(task, t, s, false);
+        add_task_counters::<TYPED>(task, t, s, false, window);
         if state & TASK_DEAD != 0 {
             forget_thread(tid);
         } else if preempt || state == 0 {
@@ -599,9 +600,15 @@ fn switch_out<const TYPED: bool>(
 
 /// `task`: the incoming thread's `task_struct`, BTF-typed when `TYPED`.
 #[inline(always)]
-fn switch_in<const TYPED: bool>(t: *mut ThreadState, task: *const u8, now: u64) {
+fn switch_in<const TYPED: bool>(
+    t: *mut ThreadState,
+    task: *const u8,
+    Switch { now, window }: Switch,
+) {
     // SAFETY: `t` points at a live THREADS value.
-    let (offcpu_since, runnable_since) = unsafe { ((*t).offcpu_since, (*t).runnable_since) };
+    let (offcpu_since, runnable_since, service) =
+        unsafe { ((*t).offcpu_since, (*t).runnable_since, (*t).service) };
+    let s = stats_of(service);
     // Woken from a block: the kernel's own figures say how long it has waited on the run
     // queue, so when it was woken (where it has them, sched_wakeup is not attached).
     if offcpu_since != 0
@@ -609,22 +616,22 @@ fn switch_in<const TYPED: bool>(t: *mut ThreadState, task: *const u8, now: u64) 
         && let Some(waited) = queued_since_wakeup::<TYPED>(t, task)
     {
         let woken = now - waited.min(now.saturating_sub(offcpu_since));
-        end_offcpu(t, woken);
+        end_offcpu(t, s, woken, window);
         // SAFETY: as above.
         unsafe { (*t).runnable_since = woken };
     }
     // A wakeup not seen either way still ends the off-CPU interval here.
-    end_offcpu(t, now);
+    end_offcpu(t, s, now, window);
     // SAFETY: as above.
-    let (service, runnable_since) = unsafe { ((*t).service, (*t).runnable_since) };
+    let runnable_since = unsafe { (*t).runnable_since };
     if runnable_since != 0
-        && let Some(s) = stats_of(service)
+        && let Some(s) = s
     {
         let latency = now.saturating_sub(runnable_since);
         let b = hist::bucket(latency);
         // SAFETY: this CPU's stats value; `b` is bounded by `hist::bucket`.
         unsafe {
-            (*s).runqueue_ns += in_window(now, runnable_since);
+            (*s).runqueue_ns += in_window(now, runnable_since, window);
             if b < hist::BUCKETS {
                 (*s).runqueue_buckets[b] += 1;
             }
@@ -642,12 +649,14 @@ fn switch_in<const TYPED: bool>(t: *mut ThreadState, task: *const u8, now: u64) 
 /// thread's switch-out (probe reads untyped), no program on the page-fault path. A thread
 /// read for the first time counts from zero if it started in this window, else from now; so
 /// does one seen again after its exit was accounted (`at_exit`: this is that accounting).
+/// `window`: when the current window started.
 #[inline(always)]
 fn add_task_counters<const TYPED: bool>(
     task: *const u8,
     t: *mut ThreadState,
     s: *mut SchedStats,
     at_exit: bool,
+    window: u64,
 ) {
     let (utime_at, maj_flt_at) = (offset(|o| &o.task_utime), offset(|o| &o.task_maj_flt));
     let (started_at, flags_at) = (offset(|o| &o.task_start_time), offset(|o| &o.task_flags));
@@ -668,7 +677,7 @@ fn add_task_counters<const TYPED: bool>(
             let started = task_field::<u64, TYPED>(task, started_at).unwrap_or(0);
             let exiting = !at_exit
                 && task_field::<u32, TYPED>(task, flags_at).unwrap_or(PF_EXITING) & PF_EXITING != 0;
-            if started < window_start() || exiting {
+            if started < window || exiting {
                 (*t).utime = utime;
                 (*t).stime = stime;
                 (*t).maj_flt = maj_flt;
@@ -824,7 +833,8 @@ fn try_wakeup<const TYPED: bool>(task: *const u8) -> Result<(), ()> {
     }
     let t = thread(tid).ok_or(())?;
     let now = now_ns();
-    end_offcpu(t, now);
+    // SAFETY: `t` points at a live THREADS value.
+    end_offcpu(t, stats_of(unsafe { (*t).service }), now, window_start());
     // SAFETY: `t` points at a live THREADS value.
     unsafe {
         if (*t).oncpu_since == 0 {
@@ -843,11 +853,12 @@ pub fn thread_exiting(tid: u32, task: *const u8) {
         // SAFETY: this thread's THREADS value.
         let (service, since) = unsafe { ((*t).service, (*t).oncpu_since) };
         if let Some(s) = stats_of(service) {
+            let window = window_start();
             if since != 0 {
                 // SAFETY: this CPU's stats value.
-                unsafe { (*s).on_cpu_ns += in_window(now_ns(), since) };
+                unsafe { (*s).on_cpu_ns += in_window(now_ns(), since, window) };
             }
-            add_task_counters::<false>(task, t, s, true);
+            add_task_counters::<false>(task, t, s, true, window);
         }
     }
     forget_thread(tid);

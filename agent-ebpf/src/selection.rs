@@ -167,9 +167,10 @@ pub fn on_cpu() -> Option<*mut OnCpu> {
 }
 
 /// Re-reads the service of `c`'s task (from the cached tgid: no helper call) when the
-/// selection changed since it was cached. `c`: this CPU's `ON_CPU`.
+/// selection changed since it was cached. `c`: this CPU's `ON_CPU`. Returns the generation it
+/// read, for later selection reads in the same run.
 #[inline(always)]
-pub fn refresh_service(c: *mut OnCpu) {
+pub fn refresh_service(c: *mut OnCpu) -> u64 {
     let generation = selection_generation();
     // SAFETY: this CPU's element; the program runs with migration disabled.
     unsafe {
@@ -178,6 +179,7 @@ pub fn refresh_service(c: *mut OnCpu) {
             (*c).generation = generation;
         }
     }
+    generation
 }
 
 /// This CPU's `ON_CPU`, made to name the task in this syscall. `regs` (the syscall's
