@@ -315,6 +315,15 @@ fn end_offcpu(t: *mut ThreadState, s: Option<*mut SchedStats>, now: u64, window:
     }
 }
 
+/// [`end_offcpu`] where no switch read the thread's stats and the window's start: a wakeup, or
+/// a thread found on CPU.
+#[inline(always)]
+fn end_offcpu_outside_switch(t: *mut ThreadState, now: u64) {
+    // SAFETY: `t` points at this thread's live THREADS value.
+    let service = unsafe { (*t).service };
+    end_offcpu(t, stats_of(service), now, window_start());
+}
+
 // sched:sched_switch — TP_PROTO(bool preempt, struct task_struct *prev,
 //                               struct task_struct *next, unsigned int prev_state)
 //
@@ -415,16 +424,18 @@ fn try_switch<const TYPED: bool>(args: &SwitchArgs) -> Result<(), ()> {
         // Neither side is selected: the common case on a busy host, and no clock read.
         return Ok(());
     }
-    let now = switch_now::<TYPED>(c, next);
+    let at = Switch {
+        now: switch_now::<TYPED>(c, next),
+        window,
+    };
     if service != u32::from(NO_SERVICE) && tid != 0 {
         let preempt = args.preempt & 0xff != 0;
-        let out = Switch { now, window };
-        switch_out::<TYPED>(prev, tid, service, peer, preempt, state, call, out);
+        switch_out::<TYPED>(prev, tid, service, peer, preempt, state, call, at);
     }
     if next_service != NO_SERVICE
         && let Some(t) = thread(next_tid)
     {
-        switch_in::<TYPED>(t, next, Switch { now, window });
+        switch_in::<TYPED>(t, next, at);
     }
     Ok(())
 }
@@ -469,8 +480,7 @@ pub fn adopt(c: *mut OnCpu, tid: u32, tgid: u32) {
 /// is unknown, and the untraced switches seen are prompt), else from now.
 #[inline(always)]
 fn unseen_switch_in(t: *mut ThreadState, now: u64) {
-    // SAFETY: `t` points at this thread's live THREADS value.
-    end_offcpu(t, stats_of(unsafe { (*t).service }), now, window_start());
+    end_offcpu_outside_switch(t, now);
     // SAFETY: `t` points at this thread's live THREADS value.
     unsafe {
         if (*t).oncpu_since == 0 {
@@ -833,8 +843,7 @@ fn try_wakeup<const TYPED: bool>(task: *const u8) -> Result<(), ()> {
     }
     let t = thread(tid).ok_or(())?;
     let now = now_ns();
-    // SAFETY: `t` points at a live THREADS value.
-    end_offcpu(t, stats_of(unsafe { (*t).service }), now, window_start());
+    end_offcpu_outside_switch(t, now);
     // SAFETY: `t` points at a live THREADS value.
     unsafe {
         if (*t).oncpu_since == 0 {
