@@ -36,6 +36,9 @@ const TARGET_SELECTED: f64 = 1.30;
 const TARGET_UNSELECTED: f64 = 1.05;
 /// Loop runs per configuration per round; the fastest counts.
 const RUNS_PER_ROUND: usize = 3;
+/// Measurements the quick check takes, each only when the one before read beyond noise,
+/// before it fails.
+const QUICK_OPINIONS: usize = 3;
 /// The least a ratio may exceed its target by before the quick check fails.
 const MIN_MARGIN: f64 = 0.05;
 /// The floor the targets were set against: ~130 ns per syscall, on the AMD EPYC hosts the
@@ -656,6 +659,11 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
     if have_bpftrace {
         configs.push(Config::Bpftrace);
     }
+    // The build just left ~100 MB of dirty pages; their writeback, ~30 s later (the kernel's
+    // dirty_expire), could land in the first rounds. Written now, so it cannot.
+    eprintln!("==> bench: writing the build's files to disk before measuring (sync)");
+    // SAFETY: sync has no preconditions; it returns once the dirty pages are written.
+    unsafe { libc::sync() };
     let quiet = wait_for_quiet();
     eprintln!(
         "==> bench: machine {:.0}% busy before starting",
@@ -665,15 +673,22 @@ fn measure(tools: &Tools, opts: &Options) -> anyhow::Result<()> {
     let steadiness = host::measure(if opts.quick { 6 } else { 20 });
     eprintln!("    {}", steadiness.sentence());
     let mut cost = per_syscall(tools, &configs, rounds, calls)?;
-    let mut remeasured = None;
-    if opts.quick && !cost.beyond_noise().is_empty() {
-        // A second opinion before failing: a burst of other load on the machine moves one
-        // measurement, rarely two in a row.
-        let first = cost.beyond_noise().join("; ");
-        eprintln!("==> bench: {first}; measuring again before failing");
+    // Before failing, up to QUICK_OPINIONS measurements in all: a burst of other load on the
+    // machine moves one measurement, seldom two in a row (twice in three CI runs on
+    // 2026-11-28 the first one right after the integration tests read beyond noise and the
+    // second passed), and a real regression reads beyond noise every time.
+    let mut earlier = Vec::new();
+    while opts.quick && earlier.len() + 1 < QUICK_OPINIONS {
+        let beyond = cost.beyond_noise();
+        if beyond.is_empty() {
+            break;
+        }
+        let why = beyond.join("; ");
+        eprintln!("==> bench: {why}; measuring again before failing");
+        earlier.push(why);
         cost = per_syscall(tools, &configs, rounds, calls)?;
-        remeasured = Some(first);
     }
+    let remeasured = (!earlier.is_empty()).then(|| earlier.join(" | "));
     // Per-program figures from the kernel's BPF statistics, in a separate run: enabling them
     // times every program run, which would distort the ratios above.
     let prog_stats = {
@@ -837,7 +852,7 @@ fn syscall_section(
          quick check fails only above target + {:.0}% (half that spread, at least {:.0}%) — and, \
          where this floor is cheaper than the issue's, only when the ns over the floor are \
          also above the target's budget at the issue's floor + {:.1} ns (the same margin in \
-         ns) — and only when a second measurement agrees.{}\n",
+         ns) — and only when {} measurements in a row are.{}\n",
         cost.selected,
         cost.over_floor_ns(Config::Selected),
         (TARGET_SELECTED - 1.0) * REFERENCE_FLOOR_NS,
@@ -849,8 +864,10 @@ fn syscall_section(
         cost.margin * 100.0,
         MIN_MARGIN * 100.0,
         cost.margin_ns(),
-        remeasured.map_or(String::new(), |first| format!(
-            " The first measurement here was above that ({first}); these figures are the second."
+        QUICK_OPINIONS,
+        remeasured.map_or(String::new(), |earlier| format!(
+            " Earlier measurements here were above that ({earlier}); these figures are the \
+             last."
         ))
     );
 }
