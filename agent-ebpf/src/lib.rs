@@ -176,10 +176,10 @@ pub struct OnCpu {
     /// The process of `tid`: a changed selection is re-read from it without a helper call.
     pub tgid: u32,
     /// Bytes this CPU moved to and from `pending_peer`, whichever task moved them, not yet
-    /// added to `PEER_STATS`: they are added when a socket call here is for another peer, when
-    /// the CPU goes idle, and at the first switch here after the agent starts a window — one
-    /// hash update per change of peer instead of one per call. (Service totals in `NET_STATS`
-    /// are updated on every call.)
+    /// added to `PEER_STATS` and to the peer's service's `NET_STATS`: they are added when a
+    /// socket call here is for another peer, when the CPU goes idle, and at the first switch
+    /// here after the agent starts a window — one hash update per change of peer instead of
+    /// one per call, and no stats line touched by the calls in between.
     pub pending_peer: PeerKey,
     pub pending_tx: u64,
     pub pending_rx: u64,

@@ -276,19 +276,19 @@ fn try_bytes<const TYPED: bool>(sk: *const u8, ret: u64, send: bool) -> Result<(
     if service == u32::from(NO_SERVICE) {
         return Ok(());
     }
-    let stats = net_stats(service).ok_or(())?;
-    // SAFETY: this CPU's element of a per-CPU array.
-    unsafe {
-        if send {
-            (*stats).tx_bytes += bytes;
-        } else {
-            (*stats).rx_bytes += bytes;
-        }
-    }
-    let peer = cached_peer::<TYPED>(sk, service)?;
     let Some(c) = c else {
+        add_service_bytes(service, send, bytes);
+        let peer = cached_peer::<TYPED>(sk, service)?;
         add_peer_bytes(&peer, send, bytes);
         return Ok(());
+    };
+    let peer = match cached_peer::<TYPED>(sk, service) {
+        Ok(peer) => peer,
+        Err(()) => {
+            // No peer to hold them for: the service's total still counts them.
+            add_service_bytes(service, send, bytes);
+            return Err(());
+        }
     };
     // SAFETY: this CPU's ON_CPU element, as above.
     unsafe {
@@ -296,8 +296,9 @@ fn try_bytes<const TYPED: bool>(sk: *const u8, ret: u64, send: bool) -> Result<(
         (*c).peer = peer;
         (*c).peer_set = 1;
         (*c).peer_sent = u32::from(send);
-        // This CPU's bytes to one peer add up here and reach PEER_STATS (a hash) once per
-        // change of peer.
+        // This CPU's bytes to one peer add up here and reach PEER_STATS (a hash) and the
+        // peer's service's NET_STATS once per change of peer: no stats line of its own touched
+        // per call.
         if (*c).pending_peer != peer {
             flush_pending_bytes(c);
             (*c).pending_peer = peer;
@@ -328,6 +329,20 @@ fn running_task() -> Option<*mut OnCpu> {
 }
 
 #[inline(always)]
+fn add_service_bytes(service: u32, send: bool, bytes: u64) {
+    if let Some(stats) = net_stats(service) {
+        // SAFETY: this CPU's element of a per-CPU array.
+        unsafe {
+            if send {
+                (*stats).tx_bytes += bytes;
+            } else {
+                (*stats).rx_bytes += bytes;
+            }
+        }
+    }
+}
+
+#[inline(always)]
 fn add_peer_bytes(peer: &PeerKey, send: bool, bytes: u64) {
     if let Some(p) = peer_stats(peer) {
         // SAFETY: this CPU's value of a per-CPU hash entry.
@@ -341,7 +356,7 @@ fn add_peer_bytes(peer: &PeerKey, send: bool, bytes: u64) {
     }
 }
 
-/// Adds this CPU's pending peer bytes to `PEER_STATS`.
+/// Adds this CPU's pending peer bytes to `PEER_STATS` and to their service's `NET_STATS`.
 #[inline(always)]
 fn flush_pending_bytes(c: *mut OnCpu) {
     // SAFETY: this CPU's ON_CPU element.
@@ -356,7 +371,15 @@ fn flush_pending_bytes(c: *mut OnCpu) {
         core::ptr::write_volatile(&mut (*c).pending_rx, 0);
     }
     // SAFETY: as above.
-    if let Some(p) = peer_stats(unsafe { &(*c).pending_peer }) {
+    let peer = unsafe { &(*c).pending_peer };
+    if let Some(stats) = net_stats(peer.service) {
+        // SAFETY: this CPU's element of a per-CPU array.
+        unsafe {
+            (*stats).tx_bytes += tx;
+            (*stats).rx_bytes += rx;
+        }
+    }
+    if let Some(p) = peer_stats(peer) {
         // SAFETY: this CPU's value of a per-CPU hash entry.
         unsafe {
             (*p).tx_bytes += tx;
