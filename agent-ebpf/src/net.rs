@@ -276,19 +276,14 @@ fn try_bytes<const TYPED: bool>(sk: *const u8, ret: u64, send: bool) -> Result<(
     if service == u32::from(NO_SERVICE) {
         return Ok(());
     }
-    let Some(c) = c else {
+    let peer = cached_peer::<TYPED>(sk, service);
+    let (Some(c), Ok(peer)) = (c, peer) else {
+        // Counted per call: no ON_CPU vouches for the sender, or no peer holds the bytes (the
+        // service's total still counts them).
         add_service_bytes(service, send, bytes);
-        let peer = cached_peer::<TYPED>(sk, service)?;
+        let peer = peer?;
         add_peer_bytes(&peer, send, bytes);
         return Ok(());
-    };
-    let peer = match cached_peer::<TYPED>(sk, service) {
-        Ok(peer) => peer,
-        Err(()) => {
-            // No peer to hold them for: the service's total still counts them.
-            add_service_bytes(service, send, bytes);
-            return Err(());
-        }
     };
     // SAFETY: this CPU's ON_CPU element, as above.
     unsafe {
