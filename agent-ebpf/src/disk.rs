@@ -7,9 +7,12 @@
 //! run in kernel threads and cannot be charged to a service this way; they are left out here
 //! and show in the host-level device figures. A cgroup I/O throttle holds bios *before* they
 //! reach block_bio_queue: that delay is in the service's off-CPU disk time (the submitting
-//! thread waits in D state), not in these device figures.
+//! thread waits in D state), not in these device figures. A bio split on its way in (larger
+//! than one request can carry) hands its owner to the front part, a new bio (block:block_split).
 
-use agent_ebpf::{BioOwner, Counter, DiskKey, DiskStats, NO_SERVICE, RqStart, hist};
+use agent_ebpf::{
+    BioOwner, BioWays, Counter, DiskKey, DiskStats, NO_SERVICE, RqStart, RqWays, hist,
+};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, raw_tracepoint},
@@ -17,7 +20,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 
-use crate::selection::{count, offset, read_field, service_of};
+use crate::selection::{MMAPABLE, count, offset, read_field, service_of};
 
 const NO_PREALLOC: u32 = 1;
 /// `REQ_OP_MASK`: the low 8 bits of `cmd_flags` are the operation.
@@ -25,22 +28,25 @@ const REQ_OP_MASK: u32 = 0xff;
 const REQ_OP_READ: u32 = 0;
 const REQ_OP_WRITE: u32 = 1;
 
-/// Slots in `BIO_OWNER` and `RQ_START`, a power of two.
-const SLOTS: u32 = 16384;
+/// Sets in `BIO_OWNER` and `RQ_START`, a power of two. Each set is two ways in one cache line,
+/// so a table is 64 KiB, an eighth of the direct-mapped tables of 16384 slots it replaced, at
+/// the same odds of losing a request with a device queue in flight (docs/probes.md § Disk).
+const SETS: u32 = 1024;
 
-/// Queued bios of selected services, direct-mapped by address: a bio's slot is written in
-/// place (a few stores, no hash insert — an LRU hash insert cost ~1 µs here) and taken back
-/// when the bio reaches a device as a request's first bio. A bio merged into a request never
-/// comes back; a later bio with the same slot overwrites it.
+/// Queued bios of selected services, by address: a bio's way is written in place (a few
+/// stores, no hash insert — an LRU hash insert cost ~1 µs here) and taken back when the bio
+/// reaches a device as a request's first bio. A bio merged into a request never comes back;
+/// being the older of its set's two, its way is the next one taken. Mappable only so that the
+/// values start on a page, each set on a line of its own; the agent never maps it.
 #[map(name = "BIO_OWNER")]
-static BIO_OWNER: Array<BioOwner> = Array::with_max_entries(SLOTS, 0);
+static BIO_OWNER: Array<BioWays> = Array::with_max_entries(SETS, MMAPABLE);
 
-/// Issued requests of selected services, direct-mapped by address until they complete. A
-/// request whose slot another takes before it completes is counted
-/// (`Counter::DropBlockTrackFull`); with at most a device queue's depth in flight in 16384
-/// slots, that is rare.
+/// Issued requests of selected services, by address, until they complete. A request displaced
+/// before it completes — both ways of its set held requests issued later — is counted
+/// (`Counter::DropBlockTrackFull`): with a device queue's depth (128 here) in flight in 1024
+/// sets of two, under 1% of requests even then. Mappable as `BIO_OWNER`.
 #[map(name = "RQ_START")]
-static RQ_START: Array<RqStart> = Array::with_max_entries(SLOTS, 0);
+static RQ_START: Array<RqWays> = Array::with_max_entries(SETS, MMAPABLE);
 
 #[map(name = "DISK_STATS")]
 static DISK_STATS: PerCpuHashMap<DiskKey, DiskStats> =
@@ -60,29 +66,89 @@ fn current_service() -> u32 {
     u32::from(service_of((bpf_get_current_pid_tgid() >> 32) as u32))
 }
 
-/// The slot of a kernel object: a multiplicative hash of its address (slab objects share their
+/// The set of a kernel object: a multiplicative hash of its address (slab objects share their
 /// low bits).
 #[inline(always)]
-fn slot_of(addr: u64) -> u32 {
+fn set_of(addr: u64) -> u32 {
     let folded = ((addr >> 4) ^ (addr >> 32)) as u32;
-    folded.wrapping_mul(0x9E37_79B1) >> (32 - SLOTS.trailing_zeros())
+    folded.wrapping_mul(0x9E37_79B1) >> (32 - SETS.trailing_zeros())
 }
 
-// The slots are shared between CPUs, and another CPU may write a slot while this one reads it
-// (two objects whose addresses share a slot). So a slot value starts with a tag, the address
-// of the object it holds (0: empty): a writer clears the tag, writes the value, then sets the
-// tag; a reader reads the tag, the value, and the tag again, and keeps the value only if both
-// reads name its object. x86_64 (the only architecture crmprof builds for) keeps stores and
-// loads in program order, which is all this needs; volatile keeps the compiler from reordering
-// them.
+// The sets are shared between CPUs, and another CPU may write a way while this one reads it
+// (two objects whose addresses share a set). So a way starts with a tag, the address of the
+// object it holds (0: empty): a writer clears the tag, writes the value, then sets the tag; a
+// reader reads the tag, the value, and the tag again, and keeps the value only if both reads
+// name its object. x86_64 (the only architecture crmprof builds for) keeps stores and loads in
+// program order, which is all this needs; volatile keeps the compiler from reordering them.
 const _: () =
     assert!(core::mem::offset_of!(BioOwner, bio) == 0 && core::mem::offset_of!(RqStart, rq) == 0);
+
+/// The way of `ways` to put `object` in: the one holding it already, else an empty one, else
+/// the one whose object came first by `since` (its queueing or issue time) — a way whose object
+/// never came back (a merged bio, a completion not traced) is the older. Two CPUs putting into
+/// one set at once may pick the same way: one object is then lost, as in any full set.
+///
+/// # Safety
+/// `ways` is a live array element of two `T`s, each starting with its `u64` tag.
+#[inline(always)]
+unsafe fn way_for<T: Copy>(
+    ways: *mut [T; 2],
+    object: u64,
+    since: impl Fn(*const T) -> u64,
+) -> *mut T {
+    let (first, second) = (ways.cast::<T>(), ways.cast::<T>().wrapping_add(1));
+    // SAFETY: the caller's contract; racing writers may tear a value, which only makes this
+    // choice a worse one.
+    unsafe {
+        let tags = [
+            core::ptr::read_volatile(first.cast::<u64>()),
+            core::ptr::read_volatile(second.cast::<u64>()),
+        ];
+        if tags[0] == object {
+            first
+        } else if tags[1] == object {
+            second
+        } else if tags[0] == 0 {
+            first
+        } else if tags[1] == 0 || since(second) < since(first) {
+            second
+        } else {
+            first
+        }
+    }
+}
+
+/// A copy of `object`'s value in whichever way of `ways` holds it, left there.
+///
+/// # Safety
+/// As [`way_for`].
+#[inline(always)]
+unsafe fn peek_way<T: Copy>(ways: *mut [T; 2], object: u64) -> Option<T> {
+    // SAFETY: the caller's contract.
+    unsafe {
+        peek_tagged(ways.cast::<T>(), object)
+            .or_else(|| peek_tagged(ways.cast::<T>().wrapping_add(1), object))
+    }
+}
+
+/// Takes `object`'s value out of whichever way of `ways` holds it.
+///
+/// # Safety
+/// As [`way_for`].
+#[inline(always)]
+unsafe fn take_way<T: Copy>(ways: *mut [T; 2], object: u64) -> Option<T> {
+    // SAFETY: the caller's contract.
+    unsafe {
+        take_tagged(ways.cast::<T>(), object)
+            .or_else(|| take_tagged(ways.cast::<T>().wrapping_add(1), object))
+    }
+}
 
 /// Puts `value` (its tag field left 0) into `slot` for `object`, by the tag protocol. Returns
 /// the tag it replaced.
 ///
 /// # Safety
-/// `slot` is a live array element of a `T` that starts with its `u64` tag.
+/// `slot` is a live way of a `T` that starts with its `u64` tag.
 #[inline(always)]
 unsafe fn put_tagged<T: Copy>(slot: *mut T, object: u64, value: T) -> u64 {
     let tag = slot.cast::<u64>();
@@ -96,12 +162,12 @@ unsafe fn put_tagged<T: Copy>(slot: *mut T, object: u64, value: T) -> u64 {
     }
 }
 
-/// Takes the value out of `slot` if it holds `object`, by the tag protocol.
+/// A copy of the value in `slot` if it holds `object`, by the tag protocol.
 ///
 /// # Safety
 /// As [`put_tagged`].
 #[inline(always)]
-unsafe fn take_tagged<T: Copy>(slot: *mut T, object: u64) -> Option<T> {
+unsafe fn peek_tagged<T: Copy>(slot: *mut T, object: u64) -> Option<T> {
     let tag = slot.cast::<u64>();
     // SAFETY: the caller's contract.
     unsafe {
@@ -109,12 +175,21 @@ unsafe fn take_tagged<T: Copy>(slot: *mut T, object: u64) -> Option<T> {
             return None;
         }
         let value = core::ptr::read_volatile(slot);
-        if core::ptr::read_volatile(tag) != object {
-            return None;
-        }
-        core::ptr::write_volatile(tag, 0);
-        Some(value)
+        (core::ptr::read_volatile(tag) == object).then_some(value)
     }
+}
+
+/// Takes the value out of `slot` if it holds `object`, by the tag protocol.
+///
+/// # Safety
+/// As [`put_tagged`].
+#[inline(always)]
+unsafe fn take_tagged<T: Copy>(slot: *mut T, object: u64) -> Option<T> {
+    // SAFETY: the caller's contract.
+    let value = unsafe { peek_tagged(slot, object) }?;
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(slot.cast::<u64>(), 0) };
+    Some(value)
 }
 
 // block:block_bio_queue — TP_PROTO(struct bio *bio)
@@ -125,17 +200,59 @@ pub fn block_bio_queue(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let bio: u64 = ctx.arg(0);
-    if let Some(slot) = BIO_OWNER.get_ptr_mut(slot_of(bio)) {
+    if let Some(ways) = BIO_OWNER.get_ptr_mut(set_of(bio)) {
         let owner = BioOwner {
             bio: 0,
             service,
             _pad: 0,
             queued_ns: now_ns(),
         };
-        // SAFETY: a live element of BIO_OWNER, whose values start with their tag.
-        unsafe { put_tagged(slot, bio, owner) };
+        // SAFETY: a live element of BIO_OWNER: two ways, each starting with its tag.
+        unsafe {
+            let way = way_for(&raw mut (*ways).ways, bio, |o| (*o).queued_ns);
+            put_tagged(way, bio, owner)
+        };
     }
     0
+}
+
+// block:block_split — TP_PROTO(struct bio *bio, unsigned int new_sector)
+//
+// A bio larger than the device takes in one request (more segments, more sectors) is split as
+// it reaches the block layer: the front part becomes a new bio, chained to the original
+// (`bi_private`), while the rest goes round again as the original, which `block_bio_queue`
+// saw. The new bio gets its parent's owner and queueing time, so the request it becomes is
+// found at issue like any other — issued from another context (a busy queue is run by whoever
+// completes or submits next, or a kernel worker), it would otherwise be charged to that
+// context or lost.
+#[raw_tracepoint(tracepoint = "block_split")]
+pub fn block_split(ctx: RawTracePointContext) -> i32 {
+    match try_split(&ctx) {
+        Ok(()) | Err(()) => 0,
+    }
+}
+
+#[inline(always)]
+fn try_split(ctx: &RawTracePointContext) -> Result<(), ()> {
+    let split: *const u8 = ctx.arg(0);
+    let parent: u64 = read_field(split, offset(|o| &o.bio_private))?;
+    if parent == 0 {
+        return Ok(());
+    }
+    let owner = BIO_OWNER
+        .get_ptr_mut(set_of(parent))
+        // SAFETY: a live element of BIO_OWNER: two ways, each starting with its tag.
+        .and_then(|ways| unsafe { peek_way(&raw mut (*ways).ways, parent) })
+        .ok_or(())?;
+    // The tag is written last, by `put_tagged`.
+    let owner = BioOwner { bio: 0, ..owner };
+    let ways = BIO_OWNER.get_ptr_mut(set_of(split as u64)).ok_or(())?;
+    // SAFETY: as above.
+    unsafe {
+        let way = way_for(&raw mut (*ways).ways, split as u64, |o| (*o).queued_ns);
+        put_tagged(way, split as u64, owner);
+    }
+    Ok(())
 }
 
 // block:block_rq_issue — TP_PROTO(struct request *rq)
@@ -151,9 +268,9 @@ fn try_issue(ctx: &RawTracePointContext) -> Result<(), ()> {
     let rq: *const u8 = ctx.arg(0);
     let bio: u64 = read_field(rq, offset(|o| &o.rq_bio))?;
     let owner = BIO_OWNER
-        .get_ptr_mut(slot_of(bio))
-        // SAFETY: a live element of BIO_OWNER, whose values start with their tag.
-        .and_then(|slot| unsafe { take_tagged(slot, bio) });
+        .get_ptr_mut(set_of(bio))
+        // SAFETY: a live element of BIO_OWNER: two ways, each starting with its tag.
+        .and_then(|ways| unsafe { take_way(&raw mut (*ways).ways, bio) });
     let (service, queued_ns) =
         owner.map_or_else(|| (current_service(), 0), |o| (o.service, o.queued_ns));
     if service == u32::from(NO_SERVICE) {
@@ -167,18 +284,21 @@ fn try_issue(ctx: &RawTracePointContext) -> Result<(), ()> {
         REQ_OP_WRITE => 1,
         _ => 2,
     };
-    let slot = RQ_START.get_ptr_mut(slot_of(rq as u64)).ok_or(())?;
+    let ways = RQ_START.get_ptr_mut(set_of(rq as u64)).ok_or(())?;
     let start = RqStart {
         rq: 0,
-        service,
+        // Service ids are 16-bit (`NO_SERVICE`'s type).
+        service: service as u16,
+        op,
         dev,
         queued_ns,
         issued_ns: now_ns(),
-        op,
-        _pad: 0,
     };
-    // SAFETY: a live element of RQ_START, whose values start with their tag.
-    let held = unsafe { put_tagged(slot, rq as u64, start) };
+    // SAFETY: a live element of RQ_START: two ways, each starting with its tag.
+    let held = unsafe {
+        let way = way_for(&raw mut (*ways).ways, rq as u64, |s| (*s).issued_ns);
+        put_tagged(way, rq as u64, start)
+    };
     if held != 0 && held != rq as u64 {
         // Another request still in flight (or one whose completion was never traced).
         count(Counter::DropBlockTrackFull);
@@ -198,15 +318,15 @@ pub fn block_rq_complete(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_complete(ctx: &RawTracePointContext) -> Result<(), ()> {
     let rq: u64 = ctx.arg(0);
-    let slot = RQ_START.get_ptr_mut(slot_of(rq)).ok_or(())?;
-    // SAFETY: a live element of RQ_START, whose values start with their tag.
-    let Some(start) = (unsafe { take_tagged(slot, rq) }) else {
+    let ways = RQ_START.get_ptr_mut(set_of(rq)).ok_or(())?;
+    // SAFETY: a live element of RQ_START: two ways, each starting with its tag.
+    let Some(start) = (unsafe { take_way(&raw mut (*ways).ways, rq) }) else {
         return Ok(());
     };
     let bytes = ctx.arg::<u64>(2) & 0xffff_ffff;
     let now = now_ns();
     let key = DiskKey {
-        service: start.service,
+        service: u32::from(start.service),
         dev: start.dev,
     };
     let stats = disk_stats(&key).ok_or(())?;

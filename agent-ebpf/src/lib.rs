@@ -62,11 +62,11 @@ pub mod maps {
     pub const SOCK_OWNER: &str = "SOCK_OWNER";
     /// `HashMap<u32, u32>`: listening local port → service id, for passively opened sockets.
     pub const LISTEN_OWNER: &str = "LISTEN_OWNER";
-    /// `Array<BioOwner>`: queued bios of selected services (who queued it and when), in the
-    /// slot their kernel address hashes to.
+    /// `Array<BioWays>`: queued bios of selected services (who queued it and when), in one of
+    /// the two ways of the set their kernel address hashes to.
     pub const BIO_OWNER: &str = "BIO_OWNER";
-    /// `Array<RqStart>`: issued requests (owner and issue time), in the slot their kernel address
-    /// hashes to.
+    /// `Array<RqWays>`: issued requests (owner and issue time), in one of the two ways of the
+    /// set their kernel address hashes to.
     pub const RQ_START: &str = "RQ_START";
     /// `PerCpuHashMap<DiskKey, DiskStats>`: per (service, device).
     pub const DISK_STATS: &str = "DISK_STATS";
@@ -100,6 +100,7 @@ pub mod programs {
     pub const BIO_QUEUE: &str = "block_bio_queue";
     pub const RQ_ISSUE: &str = "block_rq_issue";
     pub const RQ_COMPLETE: &str = "block_rq_complete";
+    pub const BIO_SPLIT: &str = "block_split";
     /// Empty programs: the benchmark's floor.
     pub const FLOOR_SYS_ENTER: &str = "floor_sys_enter";
     pub const FLOOR_SYS_EXIT: &str = "floor_sys_exit";
@@ -401,8 +402,8 @@ pub enum Counter {
     DropPeersFull = 11,
     /// A socket owner could not be recorded: `SOCK_OWNER` is full.
     DropSockOwnerFull = 12,
-    /// An issued request was displaced from its `RQ_START` slot by another before it completed:
-    /// its I/O is not counted.
+    /// An issued request was displaced from `RQ_START` before it completed (both ways of its
+    /// set held other requests): its I/O is not counted.
     DropBlockTrackFull = 13,
     /// A service's disk stats could not be created: `DISK_STATS` is full.
     DropDiskStatsFull = 14,
@@ -489,6 +490,8 @@ pub struct Offsets {
     pub rq_part: u32,
     /// `struct block_device.bd_dev`.
     pub bdev_dev: u32,
+    /// `struct bio.bi_private`: a split-off bio's parent (`bio_chain`).
+    pub bio_private: u32,
     /// `struct pt_regs` fields: `ax` holds -ENOSYS while the task is inside a syscall,
     /// `orig_ax` the syscall's number.
     pub regs_ax: u32,
@@ -633,28 +636,47 @@ pub struct PeerStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BioOwner {
-    /// The bio (kernel address) the slot holds, 0 when empty.
+    /// The bio (kernel address) the way holds, 0 when empty.
     pub bio: u64,
     pub service: u32,
     pub _pad: u32,
     pub queued_ns: u64,
 }
 
+/// A set of [`maps::BIO_OWNER`]: two ways in one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BioWays {
+    pub ways: [BioOwner; 2],
+    pub _pad: [u64; 2],
+}
+
 /// An issued request.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RqStart {
-    /// The request (kernel address) the slot holds, 0 when empty.
+    /// The request (kernel address) the way holds, 0 when empty.
     pub rq: u64,
-    pub service: u32,
+    pub service: u16,
+    /// 0 read, 1 write, 2 other (flush, discard, ...).
+    pub op: u16,
     /// `dev_t` of the disk.
     pub dev: u32,
     pub queued_ns: u64,
     pub issued_ns: u64,
-    /// 0 read, 1 write, 2 other (flush, discard, ...).
-    pub op: u32,
-    pub _pad: u32,
 }
+
+/// A set of [`maps::RQ_START`]: two ways in one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RqWays {
+    pub ways: [RqStart; 2],
+}
+
+const _: () = assert!(
+    core::mem::size_of::<BioWays>() == 64 && core::mem::size_of::<RqWays>() == 64,
+    "a set is one cache line"
+);
 
 /// Key of [`maps::DISK_STATS`]; service 0 is I/O no selected service can be charged with
 /// (write-back by kernel threads, readahead, journal).

@@ -74,6 +74,7 @@ static OFFSETS: Offsets = Offsets {
     rq_cmd_flags: 0,
     rq_part: 0,
     bdev_dev: 0,
+    bio_private: 0,
     regs_ax: 0,
     regs_orig_ax: 0,
     task_run_delay: 0,

@@ -54,6 +54,7 @@ pub fn offsets(path: &Path) -> Result<Offsets, ProbeError> {
         rq_cmd_flags: optional("request", "cmd_flags"),
         rq_part: optional("request", "part"),
         bdev_dev: optional("block_device", "bd_dev"),
+        bio_private: optional("bio", "bi_private"),
         regs_ax: optional("pt_regs", "ax"),
         regs_orig_ax: optional("pt_regs", "orig_ax"),
         task_run_delay: nested("task_struct", "sched_info", "sched_info", "run_delay"),
@@ -98,6 +99,7 @@ pub fn missing_fields(o: &Offsets, group: &str) -> Vec<&'static str> {
             ("request.cmd_flags", o.rq_cmd_flags),
             ("request.part", o.rq_part),
             ("block_device.bd_dev", o.bdev_dev),
+            ("bio.bi_private", o.bio_private),
         ],
         _ => &[],
     };

@@ -98,6 +98,7 @@ pub const GROUPS: &[Group] = &[
             (programs::BIO_QUEUE, "block_bio_queue"),
             (programs::RQ_ISSUE, "block_rq_issue"),
             (programs::RQ_COMPLETE, "block_rq_complete"),
+            (programs::BIO_SPLIT, "block_split"),
         ],
         without: None,
     },

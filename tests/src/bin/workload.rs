@@ -23,7 +23,8 @@
 //!                             the reply, read it — each followed by IDLE_MS polling a pipe
 //!                             that never becomes readable (waiting for work that is not there)
 //!   dio-write PATH BYTES      O_DIRECT writes of 1 MiB, then fsync
-//!   dio-read PATH BYTES       O_DIRECT reads of 1 MiB
+//!   dio-read PATH BYTES [THREADS]  O_DIRECT reads of 1 MiB, from THREADS threads at once
+//!                             (default 1), each reading its own stretch of the file
 //!   make-file PATH MIB        write a file, fsync it and drop it from the page cache
 //!   fault-pages PATH          drop PATH from the page cache and read each page once through a
 //!                             mapping (no readahead); prints the loop's major faults, then the
@@ -46,7 +47,7 @@ use std::{
 const USAGE: &str = "usage: workload [--wait] sleep N MICROS | fail-open N | spin CPU_MS THREADS \
                      | spin-wall MS THREADS | mutex MS THREADS | tcp-sink ADDR \
                      | tcp-source ADDR BYTES | tcp-paced ADDR BYTES MS | slow-server ADDR DELAY_MS N \
-                     | slow-client ADDR N | poll-client ADDR N IDLE_MS | dio-write PATH BYTES | dio-read PATH BYTES";
+                     | slow-client ADDR N | poll-client ADDR N IDLE_MS | dio-write PATH BYTES | dio-read PATH BYTES [THREADS]";
 
 fn main() -> ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -240,9 +241,31 @@ fn run(args: &[String]) -> Result<(), String> {
                 poll(idle_fd.as_raw_fd(), idle as i32);
             }
         }
-        "dio-write" | "dio-read" => {
+        "dio-write" => {
             let (path, bytes) = (text(args, 1)?, num(args, 2)?);
-            direct_io(path, bytes, args[0] == "dio-write")?;
+            direct_io(path, 0..bytes, true)?;
+        }
+        "dio-read" => {
+            let (path, bytes) = (text(args, 1)?, num(args, 2)?);
+            let threads = if args.len() > 3 {
+                num(args, 3)?.max(1)
+            } else {
+                1
+            };
+            // Stretches of whole 1 MiB blocks, so every read stays aligned.
+            let stretch = bytes.div_ceil(threads).next_multiple_of(1 << 20);
+            std::thread::scope(|s| {
+                let readers: Vec<_> = (0..threads)
+                    .map(|i| {
+                        let from = (i * stretch).min(bytes);
+                        let to = (from + stretch).min(bytes);
+                        s.spawn(move || direct_io(path, from..to, false))
+                    })
+                    .collect();
+                readers
+                    .into_iter()
+                    .try_for_each(|r| r.join().unwrap_or_else(|_| Err("a reader panicked".into())))
+            })?;
         }
         "make-file" => {
             let (path, mib) = (text(args, 1)?, num(args, 2)?);
@@ -362,7 +385,8 @@ fn spin_cpu(cpu: Duration) {
 }
 
 /// O_DIRECT I/O of `bytes` in 1 MiB blocks from a 4 KiB-aligned buffer, then fsync.
-fn direct_io(path: &str, bytes: u64, write: bool) -> Result<(), String> {
+/// O_DIRECT reads or writes of 1 MiB over `range` of the file, then (writes) fsync.
+fn direct_io(path: &str, range: std::ops::Range<u64>, write: bool) -> Result<(), String> {
     const BLOCK: usize = 1 << 20;
     let layout = std::alloc::Layout::from_size_align(BLOCK, 4096).map_err(|e| e.to_string())?;
     // SAFETY: a non-zero-sized layout; the buffer is freed below.
@@ -379,10 +403,10 @@ fn direct_io(path: &str, bytes: u64, write: bool) -> Result<(), String> {
         .open(path)
         .map_err(|e| format!("{path}: {e}"))?;
     let fd = file.as_raw_fd();
-    let mut done = 0u64;
+    let mut done = range.start;
     let mut result = Ok(());
-    while done < bytes {
-        let n = (bytes - done).min(BLOCK as u64) as usize;
+    while done < range.end {
+        let n = (range.end - done).min(BLOCK as u64) as usize;
         // SAFETY: `buf` holds BLOCK bytes; `n` ≤ BLOCK; the offset is block-aligned.
         let r = unsafe {
             if write {
