@@ -199,21 +199,27 @@ pub fn block_bio_queue(ctx: RawTracePointContext) -> i32 {
     if service == u32::from(NO_SERVICE) {
         return 0;
     }
-    let bio: u64 = ctx.arg(0);
+    let owner = BioOwner {
+        bio: 0,
+        service,
+        _pad: 0,
+        queued_ns: now_ns(),
+    };
+    record_owner(ctx.arg(0), owner);
+    0
+}
+
+/// Records who queued `bio` (and when) in `BIO_OWNER`. `owner`'s tag field is 0: `put_tagged`
+/// writes the tag last.
+#[inline(always)]
+fn record_owner(bio: u64, owner: BioOwner) {
     if let Some(ways) = BIO_OWNER.get_ptr_mut(set_of(bio)) {
-        let owner = BioOwner {
-            bio: 0,
-            service,
-            _pad: 0,
-            queued_ns: now_ns(),
-        };
         // SAFETY: a live element of BIO_OWNER: two ways, each starting with its tag.
         unsafe {
             let way = way_for(&raw mut (*ways).ways, bio, |o| (*o).queued_ns);
-            put_tagged(way, bio, owner)
-        };
+            put_tagged(way, bio, owner);
+        }
     }
-    0
 }
 
 // block:block_split — TP_PROTO(struct bio *bio, unsigned int new_sector)
@@ -244,14 +250,7 @@ fn try_split(ctx: &RawTracePointContext) -> Result<(), ()> {
         // SAFETY: a live element of BIO_OWNER: two ways, each starting with its tag.
         .and_then(|ways| unsafe { peek_way(&raw mut (*ways).ways, parent) })
         .ok_or(())?;
-    // The tag is written last, by `put_tagged`.
-    let owner = BioOwner { bio: 0, ..owner };
-    let ways = BIO_OWNER.get_ptr_mut(set_of(split as u64)).ok_or(())?;
-    // SAFETY: as above.
-    unsafe {
-        let way = way_for(&raw mut (*ways).ways, split as u64, |o| (*o).queued_ns);
-        put_tagged(way, split as u64, owner);
-    }
+    record_owner(split as u64, BioOwner { bio: 0, ..owner });
     Ok(())
 }
 
