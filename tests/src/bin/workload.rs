@@ -384,8 +384,8 @@ fn spin_cpu(cpu: Duration) {
     }
 }
 
-/// O_DIRECT I/O of `bytes` in 1 MiB blocks from a 4 KiB-aligned buffer, then fsync.
-/// O_DIRECT reads or writes of 1 MiB over `range` of the file, then (writes) fsync.
+/// O_DIRECT reads or writes over `range` of the file in 1 MiB blocks from a 4 KiB-aligned
+/// buffer, then (writes) fsync.
 fn direct_io(path: &str, range: std::ops::Range<u64>, write: bool) -> Result<(), String> {
     const BLOCK: usize = 1 << 20;
     let layout = std::alloc::Layout::from_size_align(BLOCK, 4096).map_err(|e| e.to_string())?;
