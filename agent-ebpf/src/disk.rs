@@ -1,8 +1,9 @@
 //! Block I/O per service and device.
 //!
 //! A bio is charged to the service of the task that queued it (block:block_bio_queue runs in
-//! the submitter's context for direct I/O, fsync-driven and synchronous writes). The request it
-//! becomes is timed from issue to completion (device time) and from queueing to issue (time in
+//! the submitter's context for direct I/O, fsync-driven and synchronous writes), and a request
+//! to the owner of its first bio — never to the task that happens to issue it. A request is
+//! timed from issue to completion (device time) and from queueing to issue (time in
 //! the block layer's queues). Write-back by kernel flusher threads, readahead and journal I/O
 //! run in kernel threads and cannot be charged to a service this way; they are left out here
 //! and show in the host-level device figures. A cgroup I/O throttle holds bios *before* they
@@ -266,15 +267,15 @@ pub fn block_rq_issue(ctx: RawTracePointContext) -> i32 {
 fn try_issue(ctx: &RawTracePointContext) -> Result<(), ()> {
     let rq: *const u8 = ctx.arg(0);
     let bio: u64 = read_field(rq, offset(|o| &o.rq_bio))?;
+    // Only a request whose first bio a selected task queued: the task issuing it is whoever ran
+    // the queue — often another process submitting its own I/O, a completion, or a kernel
+    // worker — so it says nothing about whose request it is.
     let owner = BIO_OWNER
         .get_ptr_mut(set_of(bio))
         // SAFETY: a live element of BIO_OWNER: two ways, each starting with its tag.
-        .and_then(|ways| unsafe { take_way(&raw mut (*ways).ways, bio) });
-    let (service, queued_ns) =
-        owner.map_or_else(|| (current_service(), 0), |o| (o.service, o.queued_ns));
-    if service == u32::from(NO_SERVICE) {
-        return Ok(());
-    }
+        .and_then(|ways| unsafe { take_way(&raw mut (*ways).ways, bio) })
+        .ok_or(())?;
+    let (service, queued_ns) = (owner.service, owner.queued_ns);
     let flags: u32 = read_field(rq, offset(|o| &o.rq_cmd_flags))?;
     let part: *const u8 = read_field(rq, offset(|o| &o.rq_part))?;
     let dev: u32 = read_field(part, offset(|o| &o.bdev_dev))?;
@@ -329,12 +330,7 @@ fn try_complete(ctx: &RawTracePointContext) -> Result<(), ()> {
         dev: start.dev,
     };
     let stats = disk_stats(&key).ok_or(())?;
-    let from = if start.queued_ns != 0 {
-        start.queued_ns
-    } else {
-        start.issued_ns
-    };
-    let b = hist::bucket(now.saturating_sub(from));
+    let b = hist::bucket(now.saturating_sub(start.queued_ns));
     // SAFETY: this CPU's value of a per-CPU hash entry; `b` is bounded by `hist::bucket`.
     unsafe {
         match start.op {
@@ -349,9 +345,7 @@ fn try_complete(ctx: &RawTracePointContext) -> Result<(), ()> {
             _ => {}
         }
         (*stats).device_ns += now.saturating_sub(start.issued_ns);
-        if start.queued_ns != 0 {
-            (*stats).queue_ns += start.issued_ns.saturating_sub(start.queued_ns);
-        }
+        (*stats).queue_ns += start.issued_ns.saturating_sub(start.queued_ns);
         if b < hist::BUCKETS {
             (*stats).buckets[b] += 1;
         }

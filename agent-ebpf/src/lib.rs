@@ -662,6 +662,7 @@ pub struct RqStart {
     pub op: u16,
     /// `dev_t` of the disk.
     pub dev: u32,
+    /// When its first bio was queued, and when it was issued (monotonic ns).
     pub queued_ns: u64,
     pub issued_ns: u64,
 }
