@@ -269,7 +269,11 @@ fn try_issue(ctx: &RawTracePointContext) -> Result<(), ()> {
     let bio: u64 = read_field(rq, offset(|o| &o.rq_bio))?;
     // Only a request whose first bio a selected task queued: the task issuing it is whoever ran
     // the queue — often another process submitting its own I/O, a completion, or a kernel
-    // worker — so it says nothing about whose request it is.
+    // worker — so it says nothing about whose request it is. A request without one (a device
+    // flush) is no one's: 0 would match an empty way's tag.
+    if bio == 0 {
+        return Ok(());
+    }
     let owner = BIO_OWNER
         .get_ptr_mut(set_of(bio))
         // SAFETY: a live element of BIO_OWNER: two ways, each starting with its tag.
