@@ -1,7 +1,11 @@
 //! The socket, disk and scheduler probes against workloads whose truth is known.
 #![expect(clippy::expect_used, reason = "tests panic with a message")]
 
-use std::{os::unix::fs::MetadataExt as _, time::Duration};
+use std::{
+    os::unix::fs::MetadataExt as _,
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
 
 use integration_tests::{
     Agent, Netns, Scratch, Workload, dominant, parse_profile, privileged, service, tag,
@@ -263,6 +267,7 @@ fn a_neighbours_direct_io_is_not_charged_to_the_service() {
         their_file.to_str().expect("UTF-8"),
     );
     let (name, neighbour) = (tag("dioown"), tag("dionb"));
+    // Both files are written by the neighbour, before the agent starts: nothing of it counts.
     for (path, bytes) in [(own_path, OWN), (their_path, NEIGHBOUR)] {
         Workload::start(
             &scratch,
@@ -274,11 +279,11 @@ fn a_neighbours_direct_io_is_not_charged_to_the_service() {
     }
     let agent = Agent::start(&["profile", "--duration", "120s", "--comm", &name]);
     // The neighbour reads over and over until the service's reads are done.
-    let done = std::sync::atomic::AtomicBool::new(false);
+    let done = AtomicBool::new(false);
     let neighbour_runs = std::thread::scope(|scope| {
         let neighbour_runs = scope.spawn(|| {
             let mut runs = 0;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            while !done.load(Ordering::Relaxed) {
                 Workload::start(
                     &scratch,
                     &neighbour,
@@ -295,7 +300,8 @@ fn a_neighbours_direct_io_is_not_charged_to_the_service() {
             }
             runs
         });
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // The neighbour's queue fills before the service's reads start.
+        std::thread::sleep(Duration::from_millis(200));
         Workload::start(
             &scratch,
             &name,
@@ -303,7 +309,7 @@ fn a_neighbours_direct_io_is_not_charged_to_the_service() {
             &["dio-read", own_path, &OWN.to_string(), OWN_READERS],
         )
         .wait_success();
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        done.store(true, Ordering::Relaxed);
         neighbour_runs.join().expect("the neighbour's thread")
     });
     let doc = parse_profile(&agent.interrupt_and_output());
