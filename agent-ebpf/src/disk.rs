@@ -163,7 +163,8 @@ unsafe fn put_tagged<T: Copy>(slot: *mut T, object: u64, value: T) -> u64 {
     }
 }
 
-/// A copy of the value in `slot` if it holds `object`, by the tag protocol.
+/// A copy of the value in `slot` if it holds `object`, by the tag protocol. Object 0 is no
+/// object (a request without a bio: a device flush) and is never held: tag 0 means empty.
 ///
 /// # Safety
 /// As [`put_tagged`].
@@ -172,7 +173,7 @@ unsafe fn peek_tagged<T: Copy>(slot: *mut T, object: u64) -> Option<T> {
     let tag = slot.cast::<u64>();
     // SAFETY: the caller's contract.
     unsafe {
-        if core::ptr::read_volatile(tag) != object {
+        if object == 0 || core::ptr::read_volatile(tag) != object {
             return None;
         }
         let value = core::ptr::read_volatile(slot);
@@ -214,13 +215,19 @@ pub fn block_bio_queue(ctx: RawTracePointContext) -> i32 {
 /// writes the tag last.
 #[inline(always)]
 fn record_owner(bio: u64, owner: BioOwner) {
-    if let Some(ways) = BIO_OWNER.get_ptr_mut(set_of(bio)) {
-        // SAFETY: a live element of BIO_OWNER: two ways, each starting with its tag.
-        unsafe {
-            let way = way_for(&raw mut (*ways).ways, bio, |o| (*o).queued_ns);
-            put_tagged(way, bio, owner);
-        }
+    if let Some(ways) = owner_ways(bio) {
+        // SAFETY: `owner_ways`' ways.
+        unsafe { put_tagged(way_for(ways, bio, |o| (*o).queued_ns), bio, owner) };
     }
+}
+
+/// The two ways of `BIO_OWNER` that may hold `bio`: live, each starting with its tag, as
+/// [`way_for`] and the lookups require.
+#[inline(always)]
+fn owner_ways(bio: u64) -> Option<*mut [BioOwner; 2]> {
+    let set = BIO_OWNER.get_ptr_mut(set_of(bio))?;
+    // SAFETY: a live element of BIO_OWNER; no reference is made.
+    Some(unsafe { &raw mut (*set).ways })
 }
 
 // block:block_split — TP_PROTO(struct bio *bio, unsigned int new_sector)
@@ -243,14 +250,8 @@ pub fn block_split(ctx: RawTracePointContext) -> i32 {
 fn try_split(ctx: &RawTracePointContext) -> Result<(), ()> {
     let split: *const u8 = ctx.arg(0);
     let parent: u64 = read_field(split, offset(|o| &o.bio_private))?;
-    if parent == 0 {
-        return Ok(());
-    }
-    let owner = BIO_OWNER
-        .get_ptr_mut(set_of(parent))
-        // SAFETY: a live element of BIO_OWNER: two ways, each starting with its tag.
-        .and_then(|ways| unsafe { peek_way(&raw mut (*ways).ways, parent) })
-        .ok_or(())?;
+    // SAFETY: `owner_ways`' ways.
+    let owner = unsafe { peek_way(owner_ways(parent).ok_or(())?, parent) }.ok_or(())?;
     record_owner(split as u64, BioOwner { bio: 0, ..owner });
     Ok(())
 }
@@ -270,15 +271,9 @@ fn try_issue(ctx: &RawTracePointContext) -> Result<(), ()> {
     // Only a request whose first bio a selected task queued: the task issuing it is whoever ran
     // the queue — often another process submitting its own I/O, a completion, or a kernel
     // worker — so it says nothing about whose request it is. A request without one (a device
-    // flush) is no one's: 0 would match an empty way's tag.
-    if bio == 0 {
-        return Ok(());
-    }
-    let owner = BIO_OWNER
-        .get_ptr_mut(set_of(bio))
-        // SAFETY: a live element of BIO_OWNER: two ways, each starting with its tag.
-        .and_then(|ways| unsafe { take_way(&raw mut (*ways).ways, bio) })
-        .ok_or(())?;
+    // flush, `bio` 0) is no one's.
+    // SAFETY: `owner_ways`' ways.
+    let owner = unsafe { take_way(owner_ways(bio).ok_or(())?, bio) }.ok_or(())?;
     let (service, queued_ns) = (owner.service, owner.queued_ns);
     let flags: u32 = read_field(rq, offset(|o| &o.rq_cmd_flags))?;
     let part: *const u8 = read_field(rq, offset(|o| &o.rq_part))?;
