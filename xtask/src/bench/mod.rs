@@ -19,7 +19,7 @@ use std::{
     collections::{BTreeMap, VecDeque},
     fmt::Write as _,
     io::{BufRead as _, BufReader, Read as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
@@ -478,6 +478,19 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the bench loads BPF programs: run it as root");
     }
+    let missing = missing_tools(opts.quick);
+    if !missing.is_empty() {
+        bail!(
+            "the bench runs {}, which this host lacks: install the packages with `bash \
+             deploy/ci/install-packages.sh` (as root){}",
+            missing.join(", "),
+            if opts.quick {
+                ""
+            } else {
+                ", or run `cargo xtask bench --quick`, which needs only bpftool"
+            }
+        );
+    }
     step(
         "bench: build crmprof and the workloads (release)",
         Command::new("cargo").args([
@@ -504,6 +517,41 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let result = measure(&tools, opts);
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// The tools the bench runs that this host lacks, checked before anything is built or
+/// measured, so that a host without one learns it at once rather than ten minutes in. bpftool
+/// gives the per-program figures in both modes; the full bench's realistic loads start real
+/// servers (as `tests/src/servers.rs` finds them) and drive them.
+fn missing_tools(quick: bool) -> Vec<&'static str> {
+    let on_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+    };
+    let postgres = |tool: &str| {
+        std::fs::read_dir("/usr/lib/postgresql")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|version| version.path().join("bin").join(tool).is_file())
+    };
+    let mut found = vec![("bpftool", on_path("bpftool"))];
+    if !quick {
+        found.extend([
+            ("nginx", Path::new("/usr/sbin/nginx").is_file()),
+            ("redis-server", Path::new("/usr/bin/redis-server").is_file()),
+            ("redis-benchmark", on_path("redis-benchmark")),
+            ("wrk", on_path("wrk")),
+            ("runuser", on_path("runuser")),
+            ("postgres", postgres("postgres")),
+            ("initdb", postgres("initdb")),
+            ("pgbench", postgres("pgbench")),
+        ]);
+    }
+    found
+        .into_iter()
+        .filter_map(|(tool, here)| (!here).then_some(tool))
+        .collect()
 }
 
 /// The per-syscall figures of one measurement.
