@@ -99,6 +99,12 @@ const LOOP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Lines of a tracer's output kept for the error when it fails to stop.
 const TAIL_LINES: usize = 20;
 
+/// How long a tracer gets to exit after a SIGINT before it is sent another, as a person at the
+/// terminal would press Ctrl-C again. bpftrace 0.17 once sat in `epoll_wait`, having printed
+/// nothing, 20 s after a single SIGINT (2026-12-08, the ninth round of a full bench); its
+/// other stops take well under a second. crmprof takes a repeated SIGINT as the first.
+const INTERRUPT_AGAIN: Duration = Duration::from_secs(2);
+
 /// A tracer running in the background: stopped with [`Tracer::stop`], killed if dropped
 /// without it (an error on the way), so the bench never waits on one for ever.
 struct Tracer {
@@ -113,9 +119,9 @@ impl Tracer {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// SIGINT (as Ctrl-C would), then up to [`STOP_TIMEOUT`] for it to exit. One still
-    /// running then is a defect the bench reports: where each of its threads waits in the
-    /// kernel and what it printed last, then it is killed.
+    /// SIGINT (as Ctrl-C would), again every [`INTERRUPT_AGAIN`], for up to [`STOP_TIMEOUT`]
+    /// in all. One still running then is a defect the bench reports: where each of its threads
+    /// waits in the kernel and what it printed last, then it is killed.
     fn stop(self) -> anyhow::Result<()> {
         self.stop_within(STOP_TIMEOUT)
     }
@@ -124,10 +130,17 @@ impl Tracer {
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        if wait_timeout(&mut child, limit)?.is_some() {
-            return Ok(());
+        let deadline = Instant::now() + limit;
+        loop {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if wait_timeout(&mut child, left.min(INTERRUPT_AGAIN))?.is_some() {
+                return Ok(());
+            }
+            if left <= INTERRUPT_AGAIN {
+                break;
+            }
         }
         let threads = kill_describing(&mut child);
         let tail = self
@@ -135,7 +148,7 @@ impl Tracer {
             .lock()
             .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"));
         bail!(
-            "{} did not exit within {}s of SIGINT and was killed; its threads were:\n{threads}\n\
+            "{} did not exit within {}s of a SIGINT (sent again every 2 s) and was killed; its threads were:\n{threads}\n\
              its last output:\n{}",
             self.what,
             limit.as_secs(),
@@ -1051,7 +1064,7 @@ fn own_cost(tools: &Tools, millis: u64) -> anyhow::Result<OwnCost> {
 mod tests {
     use std::{collections::BTreeMap, process::Command, time::Duration};
 
-    use super::{Config, SyscallCost, median_of_sorted, start_tracer, stats};
+    use super::{Config, INTERRUPT_AGAIN, SyscallCost, median_of_sorted, start_tracer, stats};
 
     /// Five rounds, every one alike: baseline, floor, selected, not selected ns per call.
     fn steady(floor: f64, selected: f64, unselected: f64) -> SyscallCost {
@@ -1115,7 +1128,7 @@ mod tests {
         };
         let error = error.to_string();
         assert!(
-            error.contains("did not exit within 1s of SIGINT"),
+            error.contains("did not exit within 1s of a SIGINT"),
             "{error}"
         );
         assert!(error.contains("(sleep) state S"), "{error}");
@@ -1125,6 +1138,17 @@ mod tests {
             "killed and reaped"
         );
         Ok(())
+    }
+
+    #[test]
+    fn a_tracer_that_misses_one_sigint_is_stopped_by_the_next() -> anyhow::Result<()> {
+        let mut cmd = Command::new("sh");
+        // The first SIGINT only restores the default action, which the second one takes.
+        cmd.args([
+            "-c",
+            "trap 'trap - INT' INT; echo ready; while :; do sleep 0.1; done",
+        ]);
+        start_tracer(cmd, "ready")?.stop_within(INTERRUPT_AGAIN * 3)
     }
 
     #[test]
