@@ -148,10 +148,11 @@ impl Tracer {
             .lock()
             .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"));
         bail!(
-            "{} did not exit within {}s of a SIGINT (sent again every 2 s) and was killed; its threads were:\n{threads}\n\
-             its last output:\n{}",
+            "{} did not exit within {}s of a SIGINT (sent again every {}s) and was killed; its \
+             threads were:\n{threads}\nits last output:\n{}",
             self.what,
             limit.as_secs(),
+            INTERRUPT_AGAIN.as_secs(),
             tail.unwrap_or_default()
         )
     }
