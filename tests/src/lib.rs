@@ -519,6 +519,12 @@ pub fn dominant(service: &Value) -> (String, f64) {
         .unwrap_or_default()
 }
 
+/// Whether `tool` is a file in one of `PATH`'s directories.
+pub fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
+}
+
 /// Runs a command, panicking with its output if it fails.
 pub fn sh(cmd: &str) {
     let out = Command::new("sh")

@@ -43,10 +43,16 @@ fn wait_for_port(port: u16, what: &str) {
     panic!("{what} did not listen on {port} within 30 s");
 }
 
-/// A PostgreSQL tool from the newest installed major version.
-pub fn postgres_bin(tool: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("postgresql is installed (.ci/run installs it)")
+/// Where the Debian packages put the servers ([`postgres_bin`] finds PostgreSQL's tools).
+pub const NGINX: &str = "/usr/sbin/nginx";
+pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+/// Where PostgreSQL's major versions keep their tools, each in `VERSION/bin`.
+const POSTGRES_LIB: &str = "/usr/lib/postgresql";
+
+/// A PostgreSQL tool from the newest installed major version that has it, if any.
+pub fn find_postgres_bin(tool: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(POSTGRES_LIB)
+        .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path().join("bin"))
         .collect();
@@ -54,8 +60,32 @@ pub fn postgres_bin(tool: &str) -> PathBuf {
     dirs.into_iter()
         .rev()
         .map(|d| d.join(tool))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("no PostgreSQL {tool} under /usr/lib/postgresql"))
+        .find(|p| p.is_file())
+}
+
+/// [`find_postgres_bin`], for tests: a missing tool fails them with what to install.
+pub fn postgres_bin(tool: &str) -> PathBuf {
+    find_postgres_bin(tool).unwrap_or_else(|| {
+        panic!("no PostgreSQL {tool} under {POSTGRES_LIB} (.ci/run installs it)")
+    })
+}
+
+/// What [`nginx`], [`postgres`], [`redis`] and the load generators that drive them (`wrk`,
+/// `redis-benchmark`, `pgbench`) need that this host lacks, by name.
+pub fn missing() -> Vec<&'static str> {
+    [
+        ("nginx", Path::new(NGINX).is_file()),
+        ("redis-server", Path::new(REDIS_SERVER).is_file()),
+        ("redis-benchmark", crate::on_path("redis-benchmark")),
+        ("wrk", crate::on_path("wrk")),
+        ("runuser", crate::on_path("runuser")),
+        ("postgres", find_postgres_bin("postgres").is_some()),
+        ("initdb", find_postgres_bin("initdb").is_some()),
+        ("pgbench", find_postgres_bin("pgbench").is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(tool, here)| (!here).then_some(tool))
+    .collect()
 }
 
 /// nginx with `workers` worker processes answering "ok" on `/`.
@@ -87,7 +117,7 @@ fn nginx_with(dir: &Path, workers: u32, location: &str) -> Server {
         ),
     )
     .expect("writing nginx.conf");
-    let child = Command::new("/usr/sbin/nginx")
+    let child = Command::new(NGINX)
         .args(["-c", conf.to_str().expect("UTF-8"), "-g", "daemon off;"])
         .spawn()
         .expect("starting nginx (apt-get install nginx)");
@@ -124,7 +154,7 @@ pub fn postgres(dir: &Path) -> Server {
 /// Redis without persistence.
 pub fn redis(dir: &Path) -> Server {
     let port = free_port();
-    let child = Command::new("/usr/bin/redis-server")
+    let child = Command::new(REDIS_SERVER)
         .args([
             "--port",
             &port.to_string(),

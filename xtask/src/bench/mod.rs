@@ -492,17 +492,10 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     if !is_root() {
         bail!("the bench loads BPF programs: run it as root");
     }
-    let missing = missing_tools(opts.quick);
-    if !missing.is_empty() {
+    if !have_bpftool() {
         bail!(
-            "the bench runs {}, which this host lacks: install the packages with `bash \
-             deploy/ci/install-packages.sh` (as root){}",
-            missing.join(", "),
-            if opts.quick {
-                ""
-            } else {
-                ", or run `cargo xtask bench --quick`, which needs only bpftool"
-            }
+            "the bench runs bpftool, which this host lacks: install the packages with `bash \
+             deploy/ci/install-packages.sh` (as root)"
         );
     }
     step(
@@ -518,6 +511,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
         ]),
     )?;
     let target = crate::util::target_dir()?.join("release");
+    if !opts.quick {
+        preflight(&target.join("crm-load"))?;
+    }
     let scratch = std::env::temp_dir().join(format!("crmprof-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
     let tools = Tools {
@@ -533,39 +529,29 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     result
 }
 
-/// The tools the bench runs that this host lacks, checked before anything is built or
-/// measured, so that a host without one learns it at once rather than ten minutes in. bpftool
-/// gives the per-program figures in both modes; the full bench's realistic loads start real
-/// servers (as `tests/src/servers.rs` finds them) and drive them.
-fn missing_tools(quick: bool) -> Vec<&'static str> {
-    let on_path = |tool: &str| {
-        std::env::var_os("PATH")
-            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-    };
-    let postgres = |tool: &str| {
-        std::fs::read_dir("/usr/lib/postgresql")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|version| version.path().join("bin").join(tool).is_file())
-    };
-    let mut found = vec![("bpftool", on_path("bpftool"))];
-    if !quick {
-        found.extend([
-            ("nginx", Path::new("/usr/sbin/nginx").is_file()),
-            ("redis-server", Path::new("/usr/bin/redis-server").is_file()),
-            ("redis-benchmark", on_path("redis-benchmark")),
-            ("wrk", on_path("wrk")),
-            ("runuser", on_path("runuser")),
-            ("postgres", postgres("postgres")),
-            ("initdb", postgres("initdb")),
-            ("pgbench", postgres("pgbench")),
-        ]);
+/// Whether bpftool, which gives the per-program figures in both modes, is on `PATH`: checked
+/// before anything is built. What the full bench's realistic loads run besides (servers, load
+/// generators) `crm-load preflight` checks right after the build, with the finders the loads
+/// use (tests/src/servers.rs).
+fn have_bpftool() -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("bpftool").is_file()))
+}
+
+/// Fails, naming them, when the host lacks what the realistic loads run (`crm-load
+/// preflight`): at once, not after the per-syscall rounds.
+fn preflight(crm_load: &Path) -> anyhow::Result<()> {
+    let out = Command::new(crm_load)
+        .arg("preflight")
+        .output()
+        .with_context(|| format!("running {} preflight", crm_load.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{}, or run `cargo xtask bench --quick`, which needs only bpftool",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
-    found
-        .into_iter()
-        .filter_map(|(tool, here)| (!here).then_some(tool))
-        .collect()
+    Ok(())
 }
 
 /// The per-syscall figures of one measurement.

@@ -3,6 +3,11 @@
 //!
 //! usage: crm-load CRMPROF ROUNDS SECONDS [LOAD,...|all] [CONFIG,...]
 //!        crm-load CRMPROF toggled SECONDS [LOAD,...|all] [CONFIG,...]
+//!        crm-load preflight
+//!
+//! `preflight` checks that the host has every server, load generator and tool the loads run
+//! (as [`servers`] finds them, and bpftool) and exits 1 naming the ones it lacks, before
+//! anything starts: `cargo xtask bench` runs it right after building.
 //!
 //! Starts nginx (serving a 16 KiB page), PostgreSQL and Redis on loopback, then per round runs
 //! every load (or the ones named) — wrk on nginx, pgbench select-only and TPC-B-like,
@@ -92,6 +97,24 @@ const LOADS: [(&str, &str); 4] = [
     ),
 ];
 
+/// Exits: 0 when the host has everything the loads run, else 1 with one line naming what it
+/// lacks.
+fn preflight() -> ! {
+    let mut missing = servers::missing();
+    if !integration_tests::on_path("bpftool") {
+        missing.push("bpftool");
+    }
+    if missing.is_empty() {
+        std::process::exit(0);
+    }
+    eprintln!(
+        "crm-load: this host lacks {}: install the packages with `bash \
+         deploy/ci/install-packages.sh` (as root)",
+        missing.join(", ")
+    );
+    std::process::exit(1);
+}
+
 struct Loads {
     dir: PathBuf,
     nginx: Server,
@@ -109,6 +132,9 @@ struct Run {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args == ["preflight"] {
+        preflight();
+    }
     let (crmprof, rounds, seconds, only, configs) = match args.as_slice() {
         [crmprof, rounds, seconds] => (crmprof, rounds, seconds, None, None),
         [crmprof, rounds, seconds, only] => (crmprof, rounds, seconds, Some(only), None),
