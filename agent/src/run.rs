@@ -15,7 +15,7 @@ use crate::{
     config::{Config, ExportConfig},
     discovery::{self, Registry, Selection},
     export::Exporters,
-    probes::{Cycled, LoadOptions, Probes, privileges},
+    probes::{Cycled, LoadOptions, Probes, Step, privileges},
     profile::Profile,
     render,
 };
@@ -238,8 +238,9 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
                 let now = Instant::now();
                 for cycle in cycles.iter_mut().filter(|c| c.off_at.is_some_and(|at| at <= now)) {
                     cycle.off_at = None;
-                    if let Err(e) = collector.probes.cycle_off(cycle.which) {
-                        log::warn!("{e}; left attached");
+                    match collector.probes.cycle_off(cycle.which) {
+                        Ok(step) => warn_if_slow(step),
+                        Err(e) => log::warn!("{e}; left attached"),
                     }
                 }
                 continue;
@@ -247,16 +248,17 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
             () = tick_some(toggle.as_mut()) => {
                 // Wall-clock ns: what load generators' logs are stamped with.
                 let start = unix_now_ns();
-                if paused {
+                let slowest = if paused {
                     let off: Vec<Cycled> =
                         cycles.iter().filter(|c| c.off_at.is_none()).map(|c| c.which).collect();
-                    collector.probes.resume(&off)?;
+                    collector.probes.resume(&off)?
                 } else {
-                    collector.probes.pause()?;
-                }
+                    collector.probes.pause()?
+                };
                 paused = !paused;
                 let state = if paused { "off" } else { "on" };
-                log::info!("bench toggle: probes {state} {start} {}", unix_now_ns());
+                let slowest = slowest.map(|s| format!(" slowest {}", s.words())).unwrap_or_default();
+                log::info!("bench toggle: probes {state} {start} {}{slowest}", unix_now_ns());
                 continue;
             }
             _ = interrupt.recv() => true,
@@ -274,7 +276,10 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
                 continue;
             }
             match collector.probes.cycle_on(cycle.which) {
-                Ok(()) => cycle.off_at = Some(Instant::now() + cycle.on),
+                Ok(step) => {
+                    warn_if_slow(step);
+                    cycle.off_at = Some(Instant::now() + cycle.on);
+                }
                 Err(e) => log::warn!("{e}; left detached"),
             }
         }
@@ -292,5 +297,16 @@ pub async fn daemon(opts: &Options, daemon: &DaemonOptions) -> anyhow::Result<()
             );
             return Ok(());
         }
+    }
+}
+
+/// A probe change that keeps the agent's loop this long is worth a line: windows and exports
+/// wait for it.
+const SLOW_STEP: Duration = Duration::from_secs(1);
+
+/// Says so when one program's attach or detach took the kernel [`SLOW_STEP`] or longer.
+fn warn_if_slow(step: Option<Step>) {
+    if let Some(step) = step.filter(|s| s.took >= SLOW_STEP) {
+        log::warn!("{step}: the kernel was slow to change the probes; this window ends late");
     }
 }

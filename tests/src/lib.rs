@@ -659,13 +659,16 @@ impl Drop for Netns {
 }
 
 /// One change of state of the probes of `crmprof run --bench-toggle`, as the agent logs it:
-/// `bench toggle: probes on|off START END` (ns since the epoch).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `bench toggle: probes on|off START END [slowest attaching|detaching PROGRAM NS]` (ns since
+/// the epoch; then the change's slowest program step and how long it took).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transition {
     /// Whether the probes are attached after it.
     pub on: bool,
     pub start_ns: u64,
     pub end_ns: u64,
+    /// Its slowest step, as `attaching|detaching PROGRAM took MS ms`.
+    pub slowest: Option<String>,
 }
 
 /// The changes logged in an agent's stderr, in order.
@@ -680,10 +683,20 @@ pub fn toggle_changes(stderr: &str) -> Vec<Transition> {
                 "off" => false,
                 _ => return None,
             };
+            let start_ns = words.next()?.parse().ok()?;
+            let end_ns = words.next()?.parse().ok()?;
+            let slowest = match (words.next(), words.next(), words.next(), words.next()) {
+                (Some("slowest"), Some(verb), Some(program), Some(ns)) => {
+                    let ms = ns.parse::<u64>().ok()? as f64 / 1e6;
+                    Some(format!("{verb} {program} took {ms:.1} ms"))
+                }
+                _ => None,
+            };
             Some(Transition {
                 on,
-                start_ns: words.next()?.parse().ok()?,
-                end_ns: words.next()?.parse().ok()?,
+                start_ns,
+                end_ns,
+                slowest,
             })
         })
         .collect()
@@ -697,7 +710,8 @@ mod toggle_tests {
     fn toggle_changes_are_read_from_the_agents_log_lines() {
         let log = "[2026-11-28T02:37:58Z INFO ] measuring 1 services\n\
                    [2026-11-28T02:37:58Z INFO ] bench toggle: probes off 100 200\n\
-                   [2026-11-28T02:37:59Z INFO ] bench toggle: probes on 300 450\n\
+                   [2026-11-28T02:37:59Z INFO ] bench toggle: probes on 300 450 slowest \
+                   attaching sched_switch 2500000\n\
                    [2026-11-28T02:37:59Z INFO ] bench toggle: probes sideways 1 2\n";
         assert_eq!(
             toggle_changes(log),
@@ -705,12 +719,14 @@ mod toggle_tests {
                 Transition {
                     on: false,
                     start_ns: 100,
-                    end_ns: 200
+                    end_ns: 200,
+                    slowest: None,
                 },
                 Transition {
                     on: true,
                     start_ns: 300,
-                    end_ns: 450
+                    end_ns: 450,
+                    slowest: Some("attaching sched_switch took 2.5 ms".to_owned()),
                 },
             ]
         );

@@ -63,7 +63,7 @@ fn run_appends_a_profile_per_interval() {
 /// measuring probe comes off and goes back on in turn — the agent's BPF links, read from its
 /// file descriptors every 20 ms for 3 s, take exactly two values, the process group's three
 /// alone and every group's — and each change is logged, off and on in turn, 200–450 ms apart
-/// (300 ms, give or take the agent's timer on a busy host).
+/// (300 ms, give or take the agent's timer on a busy host), with its slowest program step.
 #[test]
 fn bench_toggle_detaches_every_measuring_probe_and_attaches_it_again() {
     if !privileged("bench_toggle_detaches_every_measuring_probe_and_attaches_it_again") {
@@ -122,6 +122,23 @@ fn bench_toggle_detaches_every_measuring_probe_and_attaches_it_again() {
     for (i, change) in changes.iter().enumerate() {
         assert_eq!(change.on, i % 2 == 1, "change {i} (off first): {changes:?}");
         assert!(change.start_ns <= change.end_ns, "change {i}: {changes:?}");
+        // Its slowest program step, detaching going off and attaching going on, within it.
+        let verb = if change.on {
+            "attaching "
+        } else {
+            "detaching "
+        };
+        let step_ms: f64 = change
+            .slowest
+            .as_deref()
+            .filter(|s| s.starts_with(verb))
+            .and_then(|s| s.strip_suffix(" ms")?.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("change {i} names no {verb}step: {changes:?}"));
+        let change_ms = (change.end_ns - change.start_ns) as f64 / 1e6;
+        assert!(
+            step_ms <= change_ms + 0.05,
+            "change {i}: a step of {step_ms} ms in a change of {change_ms} ms: {changes:?}"
+        );
         if i > 0 {
             let apart_ms = (change.start_ns - changes[i - 1].start_ns) / 1_000_000;
             assert!(

@@ -3,6 +3,11 @@
 //! they cost all of them, and detached, none. What they count while attached is scaled to the
 //! window by the time they were attached, which a [`Cycle`] keeps.
 
+use std::{
+    fmt,
+    time::{Duration, Instant},
+};
+
 use agent_ebpf::{maps, start};
 use aya::{
     Ebpf,
@@ -61,6 +66,59 @@ pub struct Attached {
     pub link: Link,
 }
 
+/// One program's attach or detach, and how long the kernel took over it: a change of the probes
+/// blocks the agent's loop for as long as its steps take (the bench found one taking seconds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Step {
+    pub program: &'static str,
+    pub attach: bool,
+    pub took: Duration,
+}
+
+impl Step {
+    /// A step that began at `started` and has just ended.
+    fn since(program: &'static str, attach: bool, started: Instant) -> Self {
+        Self {
+            program,
+            attach,
+            took: started.elapsed(),
+        }
+    }
+
+    /// The slower of two steps.
+    pub fn slower(a: Option<Step>, b: Option<Step>) -> Option<Step> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(if b.took > a.took { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn verb(self) -> &'static str {
+        if self.attach {
+            "attaching"
+        } else {
+            "detaching"
+        }
+    }
+
+    /// `attaching|detaching PROGRAM NS`: the form the bench toggle's log lines carry.
+    pub fn words(self) -> String {
+        format!("{} {} {}", self.verb(), self.program, self.took.as_nanos())
+    }
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {} took {:.1} ms",
+            self.verb(),
+            self.program,
+            self.took.as_secs_f64() * 1e3
+        )
+    }
+}
+
 /// Programs attached and detached together. Each attach may get a new number (the syscall
 /// probes' `SYSCALL_PHASE`, so their programs tell a call begun in this attach from one left
 /// over from an earlier one), and a flag map tells the other programs whether these run
@@ -77,6 +135,9 @@ pub struct Cycle {
     /// Start of the window being measured, and the attached time already ended in it.
     window_start: u64,
     banked_ns: u64,
+    /// The slowest program step of the last [`Self::attach`] or [`Self::detach`], if it
+    /// changed anything.
+    slowest: Option<Step>,
 }
 
 impl Cycle {
@@ -113,11 +174,13 @@ impl Cycle {
             since: Some(now),
             window_start: now,
             banked_ns: 0,
+            slowest: None,
         })
     }
 
     /// Attaches the programs again (under a new number, if numbered).
     pub fn attach(&mut self, ebpf: &mut Ebpf, now: u64) -> Result<(), ProbeError> {
+        self.slowest = None;
         if self.since.is_some() {
             return Ok(());
         }
@@ -126,6 +189,7 @@ impl Cycle {
             super::set_scalar(ebpf, maps::SYSCALL_PHASE, *phase)?;
         }
         for &(program, tracepoint) in &self.programs {
+            let started = Instant::now();
             let link = match ebpf.program_mut(program) {
                 Some(Program::BtfTracePoint(p)) => p.attach().map(Link::Typed),
                 Some(Program::RawTracePoint(p)) => p.attach(tracepoint).map(Link::Raw),
@@ -133,6 +197,7 @@ impl Cycle {
             }
             .map_err(|e| cycle_error(self.what, program, tracepoint, &e))?;
             self.links.push(link);
+            self.slowest = Step::slower(self.slowest, Some(Step::since(program, true, started)));
         }
         self.since = Some(now);
         // Only now, with every program in place, is what the flag promises true.
@@ -145,6 +210,7 @@ impl Cycle {
     /// Detaches the programs: from here on no call on the host pays for them. Also takes off
     /// what a failed [`Self::attach`] left attached.
     pub fn detach(&mut self, ebpf: &mut Ebpf, now: u64) -> Result<(), ProbeError> {
+        self.slowest = None;
         if let Some(since) = self.since.take() {
             if let Some(flag) = self.flag {
                 super::set_scalar(ebpf, flag, 0_u32)?;
@@ -153,14 +219,21 @@ impl Cycle {
         }
         let links: Vec<Link> = self.links.drain(..).collect();
         for (&(program, tracepoint), link) in self.programs.iter().zip(links) {
+            let started = Instant::now();
             let result = match (ebpf.program_mut(program), link) {
                 (Some(Program::BtfTracePoint(p)), Link::Typed(link)) => p.detach(link),
                 (Some(Program::RawTracePoint(p)), Link::Raw(link)) => p.detach(link),
                 _ => Err(ProgramError::UnexpectedProgramType),
             };
             result.map_err(|e| cycle_error(self.what, program, tracepoint, &e))?;
+            self.slowest = Step::slower(self.slowest, Some(Step::since(program, false, started)));
         }
         Ok(())
+    }
+
+    /// The slowest program step of the last attach or detach that changed anything.
+    pub fn slowest(&self) -> Option<Step> {
+        self.slowest
     }
 
     /// How long the programs were attached since the last call (or since they were first
@@ -188,5 +261,28 @@ fn cycle_error(
             "{program} on tracepoint {tracepoint}: {}",
             super::error_chain(e)
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Step;
+
+    #[test]
+    fn the_slower_step_is_kept_and_named_with_its_time() {
+        let step = |program, ms: u64| Step {
+            program,
+            attach: false,
+            took: Duration::from_micros(ms * 1000 + 250),
+        };
+        let (fast, slow) = (step("sock_recv_length", 1), step("sys_enter", 3012));
+        assert_eq!(Step::slower(Some(fast), Some(slow)), Some(slow));
+        assert_eq!(Step::slower(Some(slow), Some(fast)), Some(slow));
+        assert_eq!(Step::slower(None, Some(fast)), Some(fast));
+        assert_eq!(Step::slower(None, None), None);
+        assert_eq!(slow.to_string(), "detaching sys_enter took 3012.2 ms");
+        assert_eq!(slow.words(), "detaching sys_enter 3012250000");
     }
 }

@@ -21,8 +21,8 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{Program, ProgramError, RawTracePoint},
 };
-pub use cycle::Cycled;
 use cycle::{Attached, Cycle, Link};
+pub use cycle::{Cycled, Step};
 use serde::Serialize;
 
 use crate::error::ProbeError;
@@ -369,17 +369,17 @@ impl Probes {
         (&mut self.ebpf, cycle)
     }
 
-    /// Attaches cycled probes again, if they are detached. A failure leaves them detached: the
-    /// syscall group is then reported as failed, and the net group says receives are no
-    /// longer counted.
-    pub fn cycle_on(&mut self, which: Cycled) -> Result<(), ProbeError> {
+    /// Attaches cycled probes again, if they are detached; returns the slowest program step, if
+    /// it changed anything. A failure leaves them detached: the syscall group is then reported
+    /// as failed, and the net group says receives are no longer counted.
+    pub fn cycle_on(&mut self, which: Cycled) -> Result<Option<Step>, ProbeError> {
         let now = crate::collection::monotonic_now_ns();
         let (ebpf, slot) = self.cycle_mut(which);
         let Some(cycle) = slot.as_mut() else {
-            return Ok(());
+            return Ok(None);
         };
         let Err(e) = cycle.attach(ebpf, now) else {
-            return Ok(());
+            return Ok(cycle.slowest());
         };
         // Whatever attached comes off again: half a pair counts nothing right.
         let _ = cycle.detach(ebpf, now);
@@ -395,11 +395,16 @@ impl Probes {
         Err(e)
     }
 
-    /// Detaches cycled probes until [`Self::cycle_on`].
-    pub fn cycle_off(&mut self, which: Cycled) -> Result<(), ProbeError> {
+    /// Detaches cycled probes until [`Self::cycle_on`]; returns the slowest program step, if
+    /// it changed anything.
+    pub fn cycle_off(&mut self, which: Cycled) -> Result<Option<Step>, ProbeError> {
         let now = crate::collection::monotonic_now_ns();
         let (ebpf, slot) = self.cycle_mut(which);
-        slot.as_mut().map_or(Ok(()), |c| c.detach(ebpf, now))
+        let Some(cycle) = slot.as_mut() else {
+            return Ok(None);
+        };
+        cycle.detach(ebpf, now)?;
+        Ok(cycle.slowest())
     }
 
     /// How long cycled probes were attached since the last call, up to `now` (monotonic
@@ -415,31 +420,36 @@ impl Probes {
     /// reverse of their attach order — leaving the process group's: for `crmprof run
     /// --bench-toggle`, which compares the host with and without the agent's probes in one
     /// continuous load. A failure stops the agent there (a bench has no use for half a pause).
-    pub fn pause(&mut self) -> Result<(), ProbeError> {
+    /// Returns the slowest program step.
+    pub fn pause(&mut self) -> Result<Option<Step>, ProbeError> {
+        let mut slowest = None;
         for which in [Cycled::Syscalls, Cycled::Receives] {
-            self.cycle_off(which)?;
+            slowest = Step::slower(slowest, self.cycle_off(which)?);
         }
         let now = crate::collection::monotonic_now_ns();
         for cycle in self.rest.iter_mut().rev() {
             cycle.detach(&mut self.ebpf, now)?;
+            slowest = Step::slower(slowest, cycle.slowest());
         }
-        Ok(())
+        Ok(slowest)
     }
 
     /// Attaches what [`Self::pause`] detached, in attach order: the scheduler's programs before
     /// the syscall probes that read the task they keep. Cycled probes their duty cycle has
-    /// off (`cycled_off`) stay detached.
-    pub fn resume(&mut self, cycled_off: &[Cycled]) -> Result<(), ProbeError> {
+    /// off (`cycled_off`) stay detached. Returns the slowest program step.
+    pub fn resume(&mut self, cycled_off: &[Cycled]) -> Result<Option<Step>, ProbeError> {
         let now = crate::collection::monotonic_now_ns();
+        let mut slowest = None;
         for cycle in &mut self.rest {
             cycle.attach(&mut self.ebpf, now)?;
+            slowest = Step::slower(slowest, cycle.slowest());
         }
         for which in [Cycled::Receives, Cycled::Syscalls] {
             if !cycled_off.contains(&which) {
-                self.cycle_on(which)?;
+                slowest = Step::slower(slowest, self.cycle_on(which)?);
             }
         }
-        Ok(())
+        Ok(slowest)
     }
 
     /// Whether the probes can be detached for part of each window: they are attached, and

@@ -68,6 +68,9 @@ struct RunInfo {
     config: String,
     transitions: u64,
     longest_ms: f64,
+    /// The longest change's slowest program step (`detaching PROGRAM took MS ms`), when the
+    /// agent logged one.
+    longest_step: Option<String>,
 }
 
 /// Runs `crm-load ... toggled` for `seconds` per load and configuration; every line it printed
@@ -110,6 +113,7 @@ fn parse(out: &str) -> anyhow::Result<(Vec<Block>, Vec<RunInfo>)> {
                 config: config.to_owned(),
                 transitions: v["transitions"].as_u64().unwrap_or(0),
                 longest_ms: v["longest_transition_ms"].as_f64().unwrap_or(0.0),
+                longest_step: v["longest_transition_step"].as_str().map(str::to_owned),
             });
         } else if config.starts_with("toggled:") {
             blocks.push(Block::from_json(&v));
@@ -212,8 +216,13 @@ fn report(blocks: &[Block], runs: &[RunInfo], seconds: u64) -> Report {
     let changes: Vec<String> = runs
         .iter()
         .map(|r| {
+            let step = r
+                .longest_step
+                .as_ref()
+                .map(|s| format!(" ({s})"))
+                .unwrap_or_default();
             format!(
-                "{} {}: {} changes, the longest {:.1} ms",
+                "{} {}: {} changes, the longest {:.1} ms{step}",
                 r.load, r.config, r.transitions, r.longest_ms
             )
         })
@@ -252,7 +261,9 @@ mod tests {
                 }
                 out.push_str(&format!(
                     "{{\"load\":\"{load}\",\"config\":\"toggled-run:{config}\",\
-                     \"transitions\":80,\"longest_transition_ms\":0.9,\"requests\":1}}\n"
+                     \"transitions\":80,\"longest_transition_ms\":0.9,\
+                     \"longest_transition_step\":\"detaching sys_enter took 0.4 ms\",\
+                     \"requests\":1}}\n"
                 ));
             }
         }
@@ -269,10 +280,9 @@ mod tests {
         );
         assert_eq!(r.missed.len(), 1, "{:?}", r.missed);
         assert!(r.missed[0].starts_with("slow (toggled): throughput 0.950"));
-        assert!(
-            r.markdown
-                .contains("fast crmprof: 80 changes, the longest 0.9 ms")
-        );
+        assert!(r.markdown.contains(
+            "fast crmprof: 80 changes, the longest 0.9 ms (detaching sys_enter took 0.4 ms)"
+        ));
         Ok(())
     }
 }

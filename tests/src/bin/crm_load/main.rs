@@ -42,7 +42,8 @@
 //! window, 8 for `crmprof-always`): `{"load":…,"what":…,"config":"toggled:CONFIG","block":…,
 //! "on_s":…,"on_requests":…,"on_p99_ms":…,"off_s":…,"off_requests":…,"off_p99_ms":…}`, then
 //! per load and configuration `{"load":…,"config":"toggled-run:CONFIG","transitions":…,
-//! "longest_transition_ms":…,"requests":…}`.
+//! "longest_transition_ms":…,"longest_transition_step":…,"requests":…}` (the longest change's
+//! slowest program step, as the agent logged it, or null).
 #![expect(
     clippy::expect_used,
     reason = "a bench driver: a failure is a message and exit"
@@ -341,14 +342,15 @@ fn toggled_run(
     }
     let longest = transitions
         .iter()
-        .map(|t| t.end_ns.saturating_sub(t.start_ns))
-        .max()
-        .unwrap_or(0);
+        .max_by_key(|t| t.end_ns.saturating_sub(t.start_ns));
+    let step = longest
+        .and_then(|t| t.slowest.as_deref())
+        .map_or_else(|| "null".to_owned(), |s| format!("{s:?}"));
     println!(
         "{{\"load\":\"{load}\",\"config\":\"toggled-run:{config}\",\"transitions\":{},\
-         \"longest_transition_ms\":{:.3},\"requests\":{}}}",
+         \"longest_transition_ms\":{:.3},\"longest_transition_step\":{step},\"requests\":{}}}",
         transitions.len(),
-        longest as f64 / 1e6,
+        longest.map_or(0, |t| t.end_ns.saturating_sub(t.start_ns)) as f64 / 1e6,
         requests.len()
     );
 }

@@ -98,6 +98,7 @@ mod tests {
                 on: i % 2 == 1,
                 start_ns: i * 251 * MS,
                 end_ns: i * 251 * MS + MS,
+                slowest: None,
             })
             .collect();
         let mut requests: Vec<Request> = (0..1004)
