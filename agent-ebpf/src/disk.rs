@@ -298,7 +298,10 @@ fn try_issue(ctx: &RawTracePointContext) -> Result<(), ()> {
         let way = way_for(&raw mut (*ways).ways, rq as u64, |s| (*s).issued_ns);
         put_tagged(way, rq as u64, start)
     };
-    if held != 0 && held != rq as u64 {
+    if held == rq as u64 {
+        // This request's earlier issue never came back: its completion went unseen.
+        count(Counter::BlockCompletionUnseen);
+    } else if held != 0 {
         // Another request still in flight (or one whose completion was never traced).
         count(Counter::DropBlockTrackFull);
     }

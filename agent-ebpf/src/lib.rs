@@ -421,10 +421,15 @@ pub enum Counter {
     /// probes attached or its process was selected): counted from its saved registers, not
     /// timed.
     ExitWithoutEntry = 19,
+    /// A selected service's request issued again at the same address while `RQ_START` still
+    /// held it from an earlier issue: that one's completion was never seen (the kernel skips a
+    /// program run that would nest in a run of the same program on its CPU), so its I/O is not
+    /// counted.
+    BlockCompletionUnseen = 20,
 }
 
 impl Counter {
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::DropSyscallStatsFull,
         Counter::DropErrnoFull,
@@ -446,6 +451,7 @@ impl Counter {
         Counter::DropSyscallOutsideTable,
         Counter::UntracedSwitch,
         Counter::ExitWithoutEntry,
+        Counter::BlockCompletionUnseen,
     ];
 }
 

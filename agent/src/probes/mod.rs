@@ -653,6 +653,7 @@ pub fn counter_name(counter: Counter) -> &'static str {
         Counter::ProcessesReleased => "processes_released",
         Counter::UntracedSwitch => "untraced_switches",
         Counter::ExitWithoutEntry => "syscall_exits_without_entry",
+        Counter::BlockCompletionUnseen => "block_completions_unseen",
     }
 }
 
