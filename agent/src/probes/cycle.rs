@@ -135,9 +135,6 @@ pub struct Cycle {
     /// Start of the window being measured, and the attached time already ended in it.
     window_start: u64,
     banked_ns: u64,
-    /// The slowest program step of the last [`Self::attach`] or [`Self::detach`], if it
-    /// changed anything.
-    slowest: Option<Step>,
 }
 
 impl Cycle {
@@ -174,20 +171,20 @@ impl Cycle {
             since: Some(now),
             window_start: now,
             banked_ns: 0,
-            slowest: None,
         })
     }
 
-    /// Attaches the programs again (under a new number, if numbered).
-    pub fn attach(&mut self, ebpf: &mut Ebpf, now: u64) -> Result<(), ProbeError> {
-        self.slowest = None;
+    /// Attaches the programs again (under a new number, if numbered); returns the slowest
+    /// program step, if it attached any.
+    pub fn attach(&mut self, ebpf: &mut Ebpf, now: u64) -> Result<Option<Step>, ProbeError> {
         if self.since.is_some() {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(phase) = self.phase.as_mut() {
             *phase = *phase % start::PHASE_MASK as u32 + 1;
             super::set_scalar(ebpf, maps::SYSCALL_PHASE, *phase)?;
         }
+        let mut slowest = None;
         for &(program, tracepoint) in &self.programs {
             let started = Instant::now();
             let link = match ebpf.program_mut(program) {
@@ -197,20 +194,20 @@ impl Cycle {
             }
             .map_err(|e| cycle_error(self.what, program, tracepoint, &e))?;
             self.links.push(link);
-            self.slowest = Step::slower(self.slowest, Some(Step::since(program, true, started)));
+            slowest = Step::slower(slowest, Some(Step::since(program, true, started)));
         }
         self.since = Some(now);
         // Only now, with every program in place, is what the flag promises true.
         if let Some(flag) = self.flag {
             super::set_scalar(ebpf, flag, 1_u32)?;
         }
-        Ok(())
+        Ok(slowest)
     }
 
     /// Detaches the programs: from here on no call on the host pays for them. Also takes off
-    /// what a failed [`Self::attach`] left attached.
-    pub fn detach(&mut self, ebpf: &mut Ebpf, now: u64) -> Result<(), ProbeError> {
-        self.slowest = None;
+    /// what a failed [`Self::attach`] left attached. Returns the slowest program step, if it
+    /// detached any.
+    pub fn detach(&mut self, ebpf: &mut Ebpf, now: u64) -> Result<Option<Step>, ProbeError> {
         if let Some(since) = self.since.take() {
             if let Some(flag) = self.flag {
                 super::set_scalar(ebpf, flag, 0_u32)?;
@@ -218,6 +215,7 @@ impl Cycle {
             self.banked_ns += now.saturating_sub(since.max(self.window_start));
         }
         let links: Vec<Link> = self.links.drain(..).collect();
+        let mut slowest = None;
         for (&(program, tracepoint), link) in self.programs.iter().zip(links) {
             let started = Instant::now();
             let result = match (ebpf.program_mut(program), link) {
@@ -226,14 +224,9 @@ impl Cycle {
                 _ => Err(ProgramError::UnexpectedProgramType),
             };
             result.map_err(|e| cycle_error(self.what, program, tracepoint, &e))?;
-            self.slowest = Step::slower(self.slowest, Some(Step::since(program, false, started)));
+            slowest = Step::slower(slowest, Some(Step::since(program, false, started)));
         }
-        Ok(())
-    }
-
-    /// The slowest program step of the last attach or detach that changed anything.
-    pub fn slowest(&self) -> Option<Step> {
-        self.slowest
+        Ok(slowest)
     }
 
     /// How long the programs were attached since the last call (or since they were first

@@ -378,8 +378,9 @@ impl Probes {
         let Some(cycle) = slot.as_mut() else {
             return Ok(None);
         };
-        let Err(e) = cycle.attach(ebpf, now) else {
-            return Ok(cycle.slowest());
+        let e = match cycle.attach(ebpf, now) {
+            Ok(slowest) => return Ok(slowest),
+            Err(e) => e,
         };
         // Whatever attached comes off again: half a pair counts nothing right.
         let _ = cycle.detach(ebpf, now);
@@ -400,11 +401,7 @@ impl Probes {
     pub fn cycle_off(&mut self, which: Cycled) -> Result<Option<Step>, ProbeError> {
         let now = crate::collection::monotonic_now_ns();
         let (ebpf, slot) = self.cycle_mut(which);
-        let Some(cycle) = slot.as_mut() else {
-            return Ok(None);
-        };
-        cycle.detach(ebpf, now)?;
-        Ok(cycle.slowest())
+        slot.as_mut().map_or(Ok(None), |c| c.detach(ebpf, now))
     }
 
     /// How long cycled probes were attached since the last call, up to `now` (monotonic
@@ -428,8 +425,7 @@ impl Probes {
         }
         let now = crate::collection::monotonic_now_ns();
         for cycle in self.rest.iter_mut().rev() {
-            cycle.detach(&mut self.ebpf, now)?;
-            slowest = Step::slower(slowest, cycle.slowest());
+            slowest = Step::slower(slowest, cycle.detach(&mut self.ebpf, now)?);
         }
         Ok(slowest)
     }
@@ -441,8 +437,7 @@ impl Probes {
         let now = crate::collection::monotonic_now_ns();
         let mut slowest = None;
         for cycle in &mut self.rest {
-            cycle.attach(&mut self.ebpf, now)?;
-            slowest = Step::slower(slowest, cycle.slowest());
+            slowest = Step::slower(slowest, cycle.attach(&mut self.ebpf, now)?);
         }
         for which in [Cycled::Receives, Cycled::Syscalls] {
             if !cycled_off.contains(&which) {

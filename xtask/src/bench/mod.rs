@@ -529,13 +529,12 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     result
 }
 
-/// Whether bpftool, which gives the per-program figures in both modes, is on `PATH`: checked
-/// before anything is built. What the full bench's realistic loads run besides (servers, load
-/// generators) `crm-load preflight` checks right after the build, with the finders the loads
-/// use (tests/src/servers.rs).
+/// Whether bpftool, which gives the per-program figures in both modes, runs here: checked
+/// before anything is built, as bpftrace is. What the full bench's realistic loads run besides
+/// (servers, load generators) `crm-load preflight` checks right after the build, with the
+/// finders the loads use (tests/src/servers.rs).
 fn have_bpftool() -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("bpftool").is_file()))
+    output(Command::new("bpftool").arg("version")).is_some()
 }
 
 /// Fails, naming them, when the host lacks what the realistic loads run (`crm-load

@@ -340,9 +340,8 @@ fn toggled_run(
             b.on.seconds, b.on.requests, b.on.p99_ms, b.off.seconds, b.off.requests, b.off.p99_ms
         );
     }
-    let longest = transitions
-        .iter()
-        .max_by_key(|t| t.end_ns.saturating_sub(t.start_ns));
+    let took_ns = |t: &integration_tests::Transition| t.end_ns.saturating_sub(t.start_ns);
+    let longest = transitions.iter().max_by_key(|t| took_ns(t));
     let step = longest
         .and_then(|t| t.slowest.as_deref())
         .map_or_else(|| "null".to_owned(), |s| format!("{s:?}"));
@@ -350,7 +349,7 @@ fn toggled_run(
         "{{\"load\":\"{load}\",\"config\":\"toggled-run:{config}\",\"transitions\":{},\
          \"longest_transition_ms\":{:.3},\"longest_transition_step\":{step},\"requests\":{}}}",
         transitions.len(),
-        longest.map_or(0, |t| t.end_ns.saturating_sub(t.start_ns)) as f64 / 1e6,
+        longest.map_or(0, took_ns) as f64 / 1e6,
         requests.len()
     );
 }
